@@ -1,0 +1,1 @@
+"""Pure calibration math: scoring logprobs, calibrators, metrics, thresholds, profiles."""

@@ -1,0 +1,1 @@
+"""What users run against a running service: SDK, CLI, reports."""

@@ -1,0 +1,25 @@
+"""The `calib` command line: one entry point for users and operators.
+
+Client commands (demo, report) talk HTTP to a running gateway. Server-side command groups
+(serve, engine, keys, refit) are defined in `service.cli.*` and only mounted here: the CLI is the
+one place allowed to launch the service, and it does so through those entry points only.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from service.cli import engine_cli
+
+app = typer.Typer(
+    name="calib",
+    help="mllm-calib: calibrated confidence, abstention and a feedback loop in front of vLLM.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+app.add_typer(engine_cli.app, name="engine")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,1 @@
+"""The gateway service: everything with side effects (HTTP, store, engine, metrics)."""

@@ -1,0 +1,1 @@
+"""Server-side command groups mounted by the `calib` CLI (see clients/cli.py)."""
