@@ -1,0 +1,1 @@
+"""Alembic migrations of the store (run to head by `Store.open`)."""

@@ -1,0 +1,50 @@
+"""The gateway's durable store: predictions, feedback, profile versions and API keys.
+
+SQLAlchemy 2 + Alembic; SQLite (WAL) by default, PostgreSQL (psycopg 3) for several replicas.
+See docs/store.md.
+"""
+
+from service.store.errors import (
+    DuplicateKeyName,
+    FeedbackConflict,
+    FeedbackError,
+    FeedbackForbidden,
+    InvalidFeedback,
+    KeyNotFound,
+    PredictionNotFound,
+    ProfileNotFound,
+    StoreError,
+    StoreUnavailable,
+)
+from service.store.records import (
+    FeedbackItem,
+    FeedbackRecord,
+    FeedbackResult,
+    KeyRecord,
+    PredictionRecord,
+    ProfileVersion,
+)
+from service.store.store import KEY_PREFIX, Store
+from service.store.writer import PredictionWriter
+
+__all__ = [
+    "KEY_PREFIX",
+    "DuplicateKeyName",
+    "FeedbackConflict",
+    "FeedbackError",
+    "FeedbackForbidden",
+    "FeedbackItem",
+    "FeedbackRecord",
+    "FeedbackResult",
+    "InvalidFeedback",
+    "KeyNotFound",
+    "KeyRecord",
+    "PredictionNotFound",
+    "PredictionRecord",
+    "PredictionWriter",
+    "ProfileNotFound",
+    "ProfileVersion",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+]

@@ -1,0 +1,104 @@
+"""Plain value objects the store reads and writes (no SQLAlchemy types leak out of the store)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+Role = Literal["client", "admin"]
+FeedbackStatus = Literal["created", "unchanged"]
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC (every timestamp the store keeps is UTC)."""
+    return datetime.now(UTC)
+
+
+@dataclass
+class PredictionRecord:
+    """One calibrated response, written behind the response so feedback can join it later."""
+
+    id: str
+    model: str
+    task: str
+    tenant: str
+    mode: str
+    options: list[str] | None
+    idk_option: str | None
+    answer: str | None
+    raw_confidence: float | None
+    confidence: float | None
+    features: dict[str, Any] = field(default_factory=dict)
+    profile_version: int = 0
+    prompt_hash: str | None = None
+    abstained: bool = False
+    abstain_reason: str | None = None
+    request_content: Any | None = None
+    created_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(frozen=True)
+class FeedbackItem:
+    """One outcome posted by a client: exactly one of `correct` and `label` is set."""
+
+    id: str
+    correct: bool | None = None
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class FeedbackResult:
+    """What the store did with one `FeedbackItem`."""
+
+    id: str
+    correct: bool
+    label: str | None
+    true_index: int | None
+    status: FeedbackStatus
+
+
+@dataclass(frozen=True)
+class FeedbackRecord:
+    """Feedback as stored for one prediction (`GET /v1/feedback/{id}`)."""
+
+    id: str
+    correct: bool
+    label: str | None
+    true_index: int | None
+    tenant: str
+    prediction_tenant: str
+    key_id: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """An API key as stored: never the plaintext, only its hash and a short display prefix."""
+
+    id: str
+    name: str
+    role: Role
+    tenant: str
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+@dataclass(frozen=True)
+class ProfileVersion:
+    """One entry of a (model, task)'s profile history."""
+
+    model: str
+    task: str
+    version: int
+    active: bool
+    reason: str
+    metrics: dict[str, Any] | None
+    created_at: datetime
+    activated_at: datetime | None
+    profile: Any  # calibrators.Profile

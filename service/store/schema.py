@@ -1,0 +1,120 @@
+"""The store's tables (SQLAlchemy Core). Alembic migrations in `service/migrations` create them.
+
+A test compares this metadata with the migrated schema, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """A timestamp that is always UTC and always timezone-aware in Python.
+
+    SQLite has no timezone support, so values are stored as naive UTC and made aware on load.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use timezone-aware UTC")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> Any:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
+
+predictions = sa.Table(
+    "predictions",
+    metadata,
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("model", sa.String(256), nullable=False),
+    sa.Column("task", sa.String(128), nullable=False),
+    sa.Column("tenant", sa.String(128), nullable=False),
+    sa.Column("mode", sa.String(16), nullable=False),
+    sa.Column("options", JSONType, nullable=True),
+    sa.Column("idk_option", sa.Text, nullable=True),
+    sa.Column("answer", sa.Text, nullable=True),
+    sa.Column("raw_confidence", sa.Float, nullable=True),
+    sa.Column("confidence", sa.Float, nullable=True),
+    sa.Column("features", JSONType, nullable=False),
+    sa.Column("profile_version", sa.Integer, nullable=False),
+    sa.Column("prompt_hash", sa.String(128), nullable=True),
+    sa.Column("abstained", sa.Boolean, nullable=False),
+    sa.Column("abstain_reason", sa.String(64), nullable=True),
+    sa.Column("request_content", JSONType, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Index(None, "model", "task", "created_at"),
+    sa.Index(None, "tenant", "created_at"),
+)
+
+feedback = sa.Table(
+    "feedback",
+    metadata,
+    sa.Column(
+        "prediction_id",
+        sa.String(128),
+        sa.ForeignKey("predictions.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("correct", sa.Boolean, nullable=False),
+    sa.Column("label", sa.Text, nullable=True),
+    sa.Column("true_index", sa.Integer, nullable=True),
+    sa.Column("tenant", sa.String(128), nullable=False),
+    sa.Column("key_id", sa.String(64), nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Index(None, "created_at"),
+)
+
+profiles = sa.Table(
+    "profiles",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("model", sa.String(256), nullable=False),
+    sa.Column("task", sa.String(128), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("active", sa.Boolean, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("metrics", JSONType, nullable=True),
+    sa.Column("data", JSONType, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("activated_at", UTCDateTime, nullable=True),
+    sa.UniqueConstraint("model", "task", "version"),
+    sa.Index(None, "model", "task", "active"),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("prefix", sa.String(32), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("tenant", sa.String(128), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("revoked_at", UTCDateTime, nullable=True),
+    sa.Index(None, "name"),
+)

@@ -1,0 +1,483 @@
+"""`Store`: the gateway's durable state behind one small synchronous API.
+
+Every method runs one short transaction and is safe to call from several threads at once
+(async code calls it through `asyncio.to_thread`). Database failures surface as
+`StoreUnavailable` (retry later) or `StoreError`; feedback problems as `FeedbackError`
+subclasses that carry the offending id and the HTTP status to report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+
+from service import feedback_rules
+from service.store import schema
+from service.store.engine import WRITE, create_store_engine, migrate
+from service.store.errors import (
+    DuplicateKeyName,
+    FeedbackConflict,
+    FeedbackForbidden,
+    InvalidFeedback,
+    KeyNotFound,
+    PredictionNotFound,
+    ProfileNotFound,
+    StoreError,
+    StoreUnavailable,
+)
+from service.store.records import (
+    FeedbackItem,
+    FeedbackRecord,
+    FeedbackResult,
+    KeyRecord,
+    PredictionRecord,
+    ProfileVersion,
+    utcnow,
+)
+
+logger = logging.getLogger(__name__)
+
+KEY_PREFIX = "sk-calib-"
+ROLES = ("client", "admin")
+DEFAULT_TENANT = "default"
+_IN_CHUNK = 500  # ids per `IN (...)`: well under SQLite's and PostgreSQL's parameter limits
+_P = schema.predictions
+_F = schema.feedback
+_K = schema.api_keys
+_PR = schema.profiles
+
+
+def hash_key(plaintext: str) -> str:
+    """The stored form of an API key: SHA-256 of a 256-bit random secret needs no salt."""
+    return hashlib.sha256(plaintext.encode("utf-8")).hexdigest()
+
+
+def _profile_cls() -> Any:
+    from calibrators import Profile  # imported late: the store works without profiles loaded
+
+    return Profile
+
+
+class Store:
+    """Predictions, feedback, profile versions and API keys in one SQL database."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    # ---------------------------------------------------------------- lifecycle
+
+    @classmethod
+    def open(cls, url: str, *, migrate_schema: bool = True) -> Store:
+        """Connect to `url` and migrate the schema to head (idempotent, safe to race)."""
+        engine = create_store_engine(url)
+        store = cls(engine)
+        if migrate_schema:
+            with store._errors():
+                migrate(engine)
+        return store
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    @property
+    def dialect(self) -> str:
+        return self._engine.dialect.name
+
+    def ping(self) -> None:
+        """Raise `StoreUnavailable` unless the database answers a trivial query."""
+        with self._tx() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    # ---------------------------------------------------------------- predictions
+
+    def insert_predictions(self, records: Sequence[PredictionRecord]) -> None:
+        """Insert a batch; ids already stored are skipped (retried batches are harmless)."""
+        if not records:
+            return
+        rows = [_prediction_row(record) for record in records]
+        with self._tx(write=True) as conn:
+            conn.execute(self._insert_ignore(_P, ["id"]), rows)
+
+    def get_prediction(self, id: str) -> PredictionRecord | None:
+        with self._tx() as conn:
+            row = conn.execute(sa.select(_P).where(_P.c.id == id)).mappings().first()
+        return None if row is None else _prediction_from_row(row)
+
+    def count_predictions(self) -> int:
+        with self._tx() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(_P)).scalar_one())
+
+    # ---------------------------------------------------------------- feedback
+
+    def record_feedback(
+        self,
+        items: Sequence[FeedbackItem],
+        tenant: str,
+        is_admin: bool,
+        *,
+        key_id: str | None = None,
+    ) -> list[FeedbackResult]:
+        """Judge and store a batch of feedback atomically; committed when this returns.
+
+        Raises a `FeedbackError` naming the first offending item (nothing is stored then).
+        """
+        for attempt in range(3):
+            try:
+                with self._tx(write=True) as conn:
+                    return self._record_feedback(conn, items, tenant, is_admin, key_id)
+            except StoreError as error:
+                # Another replica stored feedback for the same id between our read and our
+                # insert (PostgreSQL): run again, we will now see its row.
+                if not isinstance(error.__cause__, sa_exc.IntegrityError) or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _record_feedback(
+        self,
+        conn: sa.Connection,
+        items: Sequence[FeedbackItem],
+        tenant: str,
+        is_admin: bool,
+        key_id: str | None,
+    ) -> list[FeedbackResult]:
+        ids = list(dict.fromkeys(item.id for item in items))
+        predictions = {row["id"]: row for row in self._select_in(conn, sa.select(_P), _P.c.id, ids)}
+        stored: dict[str, feedback_rules.Judgement] = {
+            row["prediction_id"]: feedback_rules.Judgement(
+                row["correct"], row["label"], row["true_index"]
+            )
+            for row in self._select_in(conn, sa.select(_F), _F.c.prediction_id, ids)
+        }
+        now = utcnow()
+        results: list[FeedbackResult] = []
+        new_rows: list[dict[str, Any]] = []
+        for item in items:
+            prediction = predictions.get(item.id)
+            if prediction is None:
+                raise PredictionNotFound(item.id, f"No prediction with id {item.id!r}.")
+            if not is_admin and prediction["tenant"] != tenant:
+                raise FeedbackForbidden(
+                    item.id, f"Prediction {item.id!r} belongs to another tenant."
+                )
+            try:
+                judgement = feedback_rules.judge(
+                    mode=prediction["mode"],
+                    options=prediction["options"],
+                    idk_option=prediction["idk_option"],
+                    answer=prediction["answer"],
+                    abstained=prediction["abstained"],
+                    correct=item.correct,
+                    label=item.label,
+                )
+            except feedback_rules.LabelError as error:
+                raise InvalidFeedback(item.id, f"{item.id!r}: {error}.") from None
+            previous = stored.get(item.id)
+            if previous is not None:
+                if not feedback_rules.same_judgement(prediction["mode"], previous, judgement):
+                    raise FeedbackConflict(
+                        item.id,
+                        f"Prediction {item.id!r} already has different feedback "
+                        f"(correct={previous.correct}, label={previous.label!r}).",
+                    )
+                results.append(_result(item.id, previous, "unchanged"))
+                continue
+            stored[item.id] = judgement
+            new_rows.append(
+                {
+                    "prediction_id": item.id,
+                    "correct": judgement.correct,
+                    "label": judgement.label,
+                    "true_index": judgement.true_index,
+                    "tenant": tenant,
+                    "key_id": key_id,
+                    "created_at": now,
+                }
+            )
+            results.append(_result(item.id, judgement, "created"))
+        if new_rows:
+            conn.execute(sa.insert(_F), new_rows)
+        return results
+
+    def get_feedback(self, id: str) -> FeedbackRecord | None:
+        query = (
+            sa.select(_F, _P.c.tenant.label("prediction_tenant"))
+            .join(_P, _P.c.id == _F.c.prediction_id)
+            .where(_F.c.prediction_id == id)
+        )
+        with self._tx() as conn:
+            row = conn.execute(query).mappings().first()
+        if row is None:
+            return None
+        return FeedbackRecord(
+            id=row["prediction_id"],
+            correct=row["correct"],
+            label=row["label"],
+            true_index=row["true_index"],
+            tenant=row["tenant"],
+            prediction_tenant=row["prediction_tenant"],
+            key_id=row["key_id"],
+            created_at=row["created_at"],
+        )
+
+    # ---------------------------------------------------------------- API keys
+
+    def create_key(self, name: str, role: str, tenant: str | None = None) -> tuple[str, KeyRecord]:
+        """Create a key; returns the plaintext (shown once, never stored) and its record."""
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, not {role!r}")
+        if not name or len(name) > 128:
+            raise ValueError("key name must be 1-128 characters")
+        plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
+        record = KeyRecord(
+            id="key_" + secrets.token_hex(8),
+            name=name,
+            role=role,  # type: ignore[arg-type]
+            tenant=tenant or DEFAULT_TENANT,
+            prefix=plaintext[: len(KEY_PREFIX) + 4],
+            created_at=utcnow(),
+        )
+        with self._tx(write=True) as conn:
+            taken = conn.execute(
+                sa.select(_K.c.id).where(_K.c.name == name, _K.c.revoked_at.is_(None))
+            ).first()
+            if taken is not None:
+                raise DuplicateKeyName(f"an active key named {name!r} already exists")
+            conn.execute(sa.insert(_K).values(**asdict(record), key_hash=hash_key(plaintext)))
+        return plaintext, record
+
+    def find_key(self, plaintext: str) -> KeyRecord | None:
+        """The active key with this plaintext, or None (unknown or revoked)."""
+        query = sa.select(_K).where(_K.c.key_hash == hash_key(plaintext))
+        with self._tx() as conn:
+            row = conn.execute(query).mappings().first()
+        if row is None or row["revoked_at"] is not None:
+            return None
+        return _key_from_row(row)
+
+    def count_keys(self) -> int:
+        """Number of active (not revoked) keys."""
+        query = sa.select(sa.func.count()).select_from(_K).where(_K.c.revoked_at.is_(None))
+        with self._tx() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def list_keys(self, *, include_revoked: bool = True) -> list[KeyRecord]:
+        query = sa.select(_K).order_by(_K.c.created_at, _K.c.id)
+        if not include_revoked:
+            query = query.where(_K.c.revoked_at.is_(None))
+        with self._tx() as conn:
+            return [_key_from_row(row) for row in conn.execute(query).mappings()]
+
+    def revoke_key(self, name_or_id: str) -> list[KeyRecord]:
+        """Revoke the active key(s) with this name or id; raises `KeyNotFound` if none."""
+        now = utcnow()
+        match = sa.or_(_K.c.name == name_or_id, _K.c.id == name_or_id)
+        with self._tx(write=True) as conn:
+            rows = (
+                conn.execute(sa.select(_K).where(match, _K.c.revoked_at.is_(None))).mappings().all()
+            )
+            if not rows:
+                raise KeyNotFound(f"no active key named {name_or_id!r}")
+            ids = [row["id"] for row in rows]
+            conn.execute(sa.update(_K).where(_K.c.id.in_(ids)).values(revoked_at=now))
+        return [_key_from_row({**row, "revoked_at": now}) for row in rows]
+
+    # ---------------------------------------------------------------- profiles
+
+    def active_profile(self, model: str, task: str = "default") -> Any | None:
+        """The active `calibrators.Profile` of (model, task), or None."""
+        query = (
+            sa.select(_PR.c.data)
+            .where(_PR.c.model == model, _PR.c.task == task, _PR.c.active.is_(True))
+            .order_by(_PR.c.version.desc())
+            .limit(1)
+        )
+        with self._tx() as conn:
+            data = conn.execute(query).scalar_one_or_none()
+        return None if data is None else _profile_cls().from_dict(data)
+
+    def save_profile(
+        self,
+        profile: Any,
+        *,
+        activate: bool,
+        reason: str,
+        metrics: dict[str, Any] | None = None,
+    ) -> Any:
+        """Store `profile` as the next version of its (model, task) and return it so numbered."""
+        profile_cls = _profile_cls()
+        base = profile.to_dict()
+        model, task = base["model"], base["task"]
+        for attempt in range(3):
+            try:
+                with self._tx(write=True) as conn:
+                    current = conn.execute(
+                        sa.select(sa.func.max(_PR.c.version)).where(
+                            _PR.c.model == model, _PR.c.task == task
+                        )
+                    ).scalar_one()
+                    data = {**base, "version": (current or 0) + 1}
+                    now = utcnow()
+                    if activate:
+                        conn.execute(
+                            sa.update(_PR)
+                            .where(_PR.c.model == model, _PR.c.task == task)
+                            .values(active=False)
+                        )
+                    conn.execute(
+                        sa.insert(_PR).values(
+                            model=model,
+                            task=task,
+                            version=data["version"],
+                            active=activate,
+                            reason=reason,
+                            metrics=metrics if metrics is not None else data.get("metrics"),
+                            data=data,
+                            created_at=now,
+                            activated_at=now if activate else None,
+                        )
+                    )
+                return profile_cls.from_dict(data)
+            except StoreError as error:
+                # A concurrent save took the same version number: take the next one.
+                if not isinstance(error.__cause__, sa_exc.IntegrityError) or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def profile_history(self, model: str, task: str = "default") -> list[ProfileVersion]:
+        """All stored versions of (model, task), newest first."""
+        profile_cls = _profile_cls()
+        query = (
+            sa.select(_PR)
+            .where(_PR.c.model == model, _PR.c.task == task)
+            .order_by(_PR.c.version.desc())
+        )
+        with self._tx() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [
+            ProfileVersion(
+                model=row["model"],
+                task=row["task"],
+                version=row["version"],
+                active=row["active"],
+                reason=row["reason"],
+                metrics=row["metrics"],
+                created_at=row["created_at"],
+                activated_at=row["activated_at"],
+                profile=profile_cls.from_dict(row["data"]),
+            )
+            for row in rows
+        ]
+
+    def profile_models(self) -> list[tuple[str, str]]:
+        """Every (model, task) with at least one stored profile version."""
+        query = sa.select(_PR.c.model, _PR.c.task).distinct().order_by(_PR.c.model, _PR.c.task)
+        with self._tx() as conn:
+            return [(row.model, row.task) for row in conn.execute(query)]
+
+    def activate_profile_version(self, model: str, task: str, version: int) -> Any:
+        """Make `version` the active profile of (model, task) (e.g. a rollback)."""
+        where = (_PR.c.model == model, _PR.c.task == task)
+        with self._tx(write=True) as conn:
+            data = conn.execute(
+                sa.select(_PR.c.data).where(*where, _PR.c.version == version)
+            ).scalar_one_or_none()
+            if data is None:
+                raise ProfileNotFound(f"no profile version {version} for {model!r}/{task!r}")
+            conn.execute(sa.update(_PR).where(*where).values(active=False))
+            conn.execute(
+                sa.update(_PR)
+                .where(*where, _PR.c.version == version)
+                .values(active=True, activated_at=utcnow())
+            )
+        return _profile_cls().from_dict(data)
+
+    # ---------------------------------------------------------------- internals
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except (sa_exc.OperationalError, sa_exc.InterfaceError) as error:
+            raise StoreUnavailable(f"database unavailable: {_short(error)}") from error
+        except (sa_exc.DisconnectionError, sa_exc.TimeoutError) as error:
+            raise StoreUnavailable(f"database unavailable: {_short(error)}") from error
+        except sa_exc.DBAPIError as error:
+            if error.connection_invalidated:
+                raise StoreUnavailable(f"database unavailable: {_short(error)}") from error
+            raise StoreError(f"database error: {_short(error)}") from error
+        except sa_exc.SQLAlchemyError as error:
+            raise StoreError(f"database error: {_short(error)}") from error
+
+    @contextmanager
+    def _tx(self, *, write: bool = False) -> Iterator[sa.Connection]:
+        with self._errors(), self._engine.connect() as conn:
+            if write:
+                conn.execution_options(**WRITE)
+            with conn.begin():
+                yield conn
+
+    def _insert_ignore(self, table: sa.Table, keys: list[str]) -> Any:
+        if self.dialect == "postgresql":
+            return postgresql.insert(table).on_conflict_do_nothing(index_elements=keys)
+        if self.dialect == "sqlite":
+            return sqlite.insert(table).on_conflict_do_nothing(index_elements=keys)
+        return sa.insert(table)
+
+    @staticmethod
+    def _select_in(
+        conn: sa.Connection, query: sa.Select[Any], column: sa.Column[Any], values: list[Any]
+    ) -> Iterable[Any]:
+        for start in range(0, len(values), _IN_CHUNK):
+            chunk = values[start : start + _IN_CHUNK]
+            yield from conn.execute(query.where(column.in_(chunk))).mappings()
+
+
+def _short(error: BaseException) -> str:
+    text = str(getattr(error, "orig", None) or error)
+    return text.splitlines()[0][:300] if text else type(error).__name__
+
+
+def _result(id: str, judgement: feedback_rules.Judgement, status: str) -> FeedbackResult:
+    return FeedbackResult(
+        id=id,
+        correct=judgement.correct,
+        label=judgement.label,
+        true_index=judgement.true_index,
+        status=status,  # type: ignore[arg-type]
+    )
+
+
+def _prediction_row(record: PredictionRecord) -> dict[str, Any]:
+    row = asdict(record)
+    row["features"] = row["features"] or {}
+    return row
+
+
+def _prediction_from_row(row: Any) -> PredictionRecord:
+    return PredictionRecord(**{column.name: row[column.name] for column in _P.columns})
+
+
+def _key_from_row(row: Any) -> KeyRecord:
+    return KeyRecord(
+        id=row["id"],
+        name=row["name"],
+        role=row["role"],
+        tenant=row["tenant"],
+        prefix=row["prefix"],
+        created_at=row["created_at"],
+        revoked_at=row["revoked_at"],
+    )
