@@ -1,1 +1,54 @@
-"""Pure calibration math: scoring logprobs, calibrators, metrics, thresholds, profiles."""
+"""Pure calibration math: scoring logprobs, calibrators, metrics, thresholds, profiles.
+
+No I/O anywhere in this package: the service and the clients feed it plain Python and numpy
+values and store what ``to_dict()`` returns.
+"""
+
+from .drift import ks_statistic, population_stability_index
+from .isotonic import IsotonicCalibrator
+from .metrics import (
+    ReliabilityBin,
+    aurc,
+    auroc,
+    brier_score,
+    expected_calibration_error,
+    maximum_calibration_error,
+    negative_log_likelihood,
+    reliability_bins,
+    risk_coverage_curve,
+    selective_risk_coverage,
+)
+from .platt import PlattScaler
+from .profile import Calibrated, Profile, apply_profile
+from .scoring import OptionScore, SequenceScore, normalize_token, score_options, score_sequence
+from .temperature import TemperatureScaler, grid_search_temperature
+from .threshold import ThresholdChoice, select_threshold
+
+__all__ = [
+    "Calibrated",
+    "IsotonicCalibrator",
+    "OptionScore",
+    "PlattScaler",
+    "Profile",
+    "ReliabilityBin",
+    "SequenceScore",
+    "TemperatureScaler",
+    "ThresholdChoice",
+    "apply_profile",
+    "aurc",
+    "auroc",
+    "brier_score",
+    "expected_calibration_error",
+    "grid_search_temperature",
+    "ks_statistic",
+    "maximum_calibration_error",
+    "negative_log_likelihood",
+    "normalize_token",
+    "population_stability_index",
+    "reliability_bins",
+    "risk_coverage_curve",
+    "score_options",
+    "score_sequence",
+    "select_threshold",
+    "selective_risk_coverage",
+]
