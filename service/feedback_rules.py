@@ -5,8 +5,9 @@ Rules (documented for users in docs/store.md):
 * ``{correct}`` is taken as given. The true option index is recorded when it follows: the
   answer's index when correct; the other option when wrong on a two-option question.
 * Options mode, ``{label}``: the label must name one of the options (or the IDK option),
-  compared after the same normalization the scorer applies to tokens (strip spaces and
-  ``( ) . :``; case-insensitive when that is unambiguous). ``correct = label == answer``.
+  compared after the same normalization the scorer applies to tokens
+  (`calibrators.scoring.normalize_token`: strip whitespace and ``( ) . :`` from both ends),
+  falling back to a case-insensitive match when that is unambiguous. ``correct = label == answer``.
 * The IDK label means "this question cannot be answered": an abstention (``abstained`` or the
   answer being the IDK option) is correct, any other answer is wrong.
 * Sequence mode, ``{label}``: words are compared case-, punctuation- and whitespace-insensitively
@@ -21,7 +22,8 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-_OPTION_STRIP = re.compile(r"[\s().:]+")
+from calibrators.scoring import normalize_token
+
 _WORD = re.compile(r"\w+")
 
 
@@ -38,7 +40,7 @@ class Judgement:
 
 def normalize_option(text: str) -> str:
     """An option label as the scorer sees it: `" (B)."` → `"B"`."""
-    return _OPTION_STRIP.sub("", unicodedata.normalize("NFKC", text))
+    return normalize_token(unicodedata.normalize("NFKC", text))
 
 
 def normalize_words(text: str) -> tuple[str, ...]:

@@ -79,6 +79,7 @@ class Settings(BaseSettings):
     store_request_content: bool = Field(
         False, description="Keep request messages/prompts with predictions (needed for replay)."
     )
+    feedback_max_batch: int = Field(1000, ge=1, description="Most items per feedback request.")
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     default_model: ModelConfig = Field(default_factory=ModelConfig)
 
