@@ -1,0 +1,241 @@
+"""Fit a new profile from labeled predictions and decide whether it beats the active one.
+
+Pure: the service gathers the labeled predictions, calls :func:`refit_profile`, and stores what
+comes back. The procedure (DESIGN §1, issue 5):
+
+1. split the items deterministically by a hash of their id into a fit part and a held-out part, so
+   a retry on the same data gives the same answer and a prediction never moves between parts;
+2. fit every applicable calibrator on the fit part (temperature for options mode; Platt, and
+   isotonic above ``isotonic_min_labels``, for sequence mode) and keep the one with the lowest
+   held-out NLL;
+3. choose the abstain threshold on the held-out part with :func:`select_threshold` — the
+   calibrator is fixed before these items are seen, which is what Learn-Then-Test needs (the only
+   reuse is the pick among at most three calibrators by held-out NLL; see docs/refit.md);
+4. champion/challenger: the challenger is activated only with at least ``min_labels`` labels and a
+   held-out NLL not worse than the active profile's on the same held-out items.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from .isotonic import IsotonicCalibrator
+from .metrics import (
+    auroc,
+    brier_score,
+    expected_calibration_error,
+    negative_log_likelihood,
+)
+from .platt import PlattScaler
+from .profile import Profile
+from .temperature import TemperatureScaler
+from .threshold import select_threshold
+
+__all__ = ["LabeledSet", "RefitPolicy", "RefitResult", "holdout_mask", "refit_profile"]
+
+_REFERENCE_QUANTILES = 101  # confidence quantiles kept with a profile, the drift gauge's baseline
+
+
+@dataclass(frozen=True)
+class LabeledSet:
+    """Labeled predictions of one model/task, as arrays.
+
+    Options mode: ``option_logprobs`` is ``(n, k)`` padded with ``-inf``; ``labels[i]`` is the true
+    option index or -1 when only correctness is known; ``chosen[i]`` is the answered option's index.
+    Sequence mode: ``raw_confidence`` is ``exp(mean token logprob)``. Both: ``correct`` (0/1).
+    """
+
+    ids: list[str]
+    mode: str
+    correct: np.ndarray
+    option_logprobs: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    chosen: np.ndarray | None = None
+    raw_confidence: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, mask: np.ndarray) -> LabeledSet:
+        def pick(values: np.ndarray | None) -> np.ndarray | None:
+            return None if values is None else values[mask]
+
+        return LabeledSet(
+            ids=[item for item, keep in zip(self.ids, mask, strict=True) if keep],
+            mode=self.mode,
+            correct=self.correct[mask],
+            option_logprobs=pick(self.option_logprobs),
+            labels=pick(self.labels),
+            chosen=pick(self.chosen),
+            raw_confidence=pick(self.raw_confidence),
+        )
+
+
+@dataclass(frozen=True)
+class RefitPolicy:
+    """Knobs of a refit; the service fills them from its settings."""
+
+    min_labels: int = 50
+    holdout_fraction: float = 0.3
+    isotonic_min_labels: int = 1000
+    threshold_method: str = "ltt"
+    target_risk: float = 0.1
+    delta: float = 0.1
+    target_coverage: float | None = None
+
+
+@dataclass(frozen=True)
+class RefitResult:
+    """A refit's outcome: the candidate profile, whether to activate it, and why."""
+
+    candidate: Profile | None
+    activate: bool
+    reason: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def holdout_mask(ids: list[str], fraction: float) -> np.ndarray:
+    """True for the items that belong to the held-out part (stable per id across refits)."""
+    buckets = [int.from_bytes(hashlib.blake2b(i.encode(), digest_size=4).digest()) for i in ids]
+    return (np.asarray(buckets, dtype=np.float64) / 2**32) < fraction
+
+
+_IDENTITY_SCALER = TemperatureScaler.from_dict({"temperature": 1.0})
+
+
+def _top_label_conf(calibrator: Any, data: LabeledSet) -> np.ndarray:
+    """Confidence of the chosen option (options) or of the answer (sequence); None = identity."""
+    if data.mode == "options":
+        scaler = calibrator if calibrator is not None else _IDENTITY_SCALER
+        return scaler.confidence(data.option_logprobs, data.chosen)
+    raw = np.asarray(data.raw_confidence, dtype=np.float64)
+    return raw if calibrator is None else calibrator.predict_proba(raw)
+
+
+def _heldout_nll(calibrator: Any, data: LabeledSet) -> float:
+    """The champion/challenger criterion: NLL of what the labels say, on the held-out items."""
+    if data.mode == "options":
+        scaler = calibrator if calibrator is not None else _IDENTITY_SCALER
+        return scaler.nll(
+            data.option_logprobs, data.labels, chosen=data.chosen, correct=data.correct
+        )
+    return negative_log_likelihood(_top_label_conf(calibrator, data), data.correct)
+
+
+def _fit_candidates(data: LabeledSet, policy: RefitPolicy) -> dict[str, Any]:
+    if data.mode == "options":
+        scaler = TemperatureScaler().fit(
+            data.option_logprobs, data.labels, chosen=data.chosen, correct=data.correct
+        )
+        return {"temperature": scaler}
+    candidates: dict[str, Any] = {"platt": PlattScaler().fit(data.raw_confidence, data.correct)}
+    if len(data) >= policy.isotonic_min_labels:
+        candidates["isotonic"] = IsotonicCalibrator().fit(data.raw_confidence, data.correct)
+    return candidates
+
+
+def _quality(conf: np.ndarray, correct: np.ndarray) -> dict[str, float]:
+    return {
+        "ece": expected_calibration_error(conf, correct),
+        "brier": brier_score(conf, correct),
+        "nll": negative_log_likelihood(conf, correct),
+        "auroc": auroc(conf, correct),
+        "mean_confidence": float(np.mean(conf)) if conf.size else math.nan,
+    }
+
+
+def _finite(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Replace NaN/inf by None so the metrics are valid JSON."""
+    clean: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            clean[key] = _finite(value)
+        elif isinstance(value, float) and not math.isfinite(value):
+            clean[key] = None
+        else:
+            clean[key] = value
+    return clean
+
+
+def _active_calibrator(active: Profile, mode: str) -> Any:
+    """The active profile's calibrator if it applies to this mode, else identity (None)."""
+    fitted = active.fitted_calibrator
+    if mode == "options":
+        return fitted if isinstance(fitted, TemperatureScaler) else None
+    return fitted if isinstance(fitted, PlattScaler | IsotonicCalibrator) else None
+
+
+def refit_profile(
+    data: LabeledSet, active: Profile, policy: RefitPolicy, *, now: datetime | None = None
+) -> RefitResult:
+    """Fit a challenger on ``data`` and decide against ``active`` (see the module docstring)."""
+    n = len(data)
+    if n < policy.min_labels:
+        return RefitResult(None, False, f"only {n} labels, need at least {policy.min_labels}")
+    heldout = holdout_mask(data.ids, policy.holdout_fraction)
+    fit_part, test_part = data.subset(~heldout), data.subset(heldout)
+    if len(fit_part) < 2 or len(test_part) < 2:
+        return RefitResult(None, False, f"{n} labels split into too few fit/held-out items")
+
+    candidates = _fit_candidates(fit_part, policy)
+    scored = {name: _heldout_nll(cal, test_part) for name, cal in candidates.items()}
+    method = min(scored, key=scored.__getitem__)
+    challenger = candidates[method]
+    champion_nll = _heldout_nll(_active_calibrator(active, data.mode), test_part)
+
+    raw_conf = _top_label_conf(None, test_part)
+    cal_conf = _top_label_conf(challenger, test_part)
+    choice = select_threshold(
+        cal_conf,
+        test_part.correct,
+        target_risk=policy.target_risk,
+        delta=policy.delta,
+        method=policy.threshold_method,
+        target_coverage=policy.target_coverage,
+    )
+    metrics = _finite(
+        {
+            "raw": _quality(raw_conf, test_part.correct),
+            "calibrated": _quality(cal_conf, test_part.correct),
+            "accuracy": float(np.mean(test_part.correct)),
+            "heldout_nll": {"challenger": scored[method], "champion": champion_nll, **scored},
+            "coverage": choice.coverage,
+            "selective_risk": choice.risk,
+            "n_fit": len(fit_part),
+            "n_heldout": len(test_part),
+            "reference_confidences": np.quantile(
+                _top_label_conf(challenger, data), np.linspace(0, 1, _REFERENCE_QUANTILES)
+            ).tolist(),
+        }
+    )
+    candidate = dataclasses.replace(
+        active,
+        version=active.version,  # the store assigns the next version when saving
+        mode=data.mode,
+        method=method,
+        calibrator=challenger.to_dict(),
+        threshold=choice.threshold,
+        threshold_choice=choice.to_dict(),
+        metrics=metrics,
+        fitted_at=(now or datetime.now(UTC)).isoformat(),
+        n_labels=n,
+        notes=None,
+    )
+    if scored[method] <= champion_nll + 1e-12:
+        reason = (
+            f"{method} held-out NLL {scored[method]:.4f} <= active {champion_nll:.4f} "
+            f"on {len(test_part)} held-out labels"
+        )
+        return RefitResult(candidate, True, reason, metrics)
+    reason = (
+        f"{method} held-out NLL {scored[method]:.4f} worse than active {champion_nll:.4f} "
+        f"on {len(test_part)} held-out labels; active profile kept"
+    )
+    return RefitResult(candidate, False, reason, metrics)
