@@ -1,0 +1,115 @@
+"""The FastAPI application: `create_app(settings)` wires the gateway together.
+
+The lifespan opens what every request shares and closes it on shutdown, in this order:
+
+1. the store (`Store.open` runs migrations; done in a thread, it is blocking I/O);
+2. the write-behind `PredictionWriter` (predictions are batched behind responses);
+3. the `ProfileCache` (active calibration profile per model and task, short TTL);
+4. the open-mode check (no API keys: allowed on loopback with a loud warning, refused on a
+   public address unless `insecure`);
+5. one pooled upstream client.
+
+Shutdown flushes the writer (no accepted prediction is lost) and closes the client and store.
+Requests reach these through `request.app.state.{settings, store, writer, profiles, upstream}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.auth import check_open_mode
+from service.body_limit import BodyLimitMiddleware
+from service.errors import install_error_handlers
+from service.profiles import ProfileCache
+from service.routes import feedback, health, proxy
+from service.routes import metrics as metrics_routes
+from service.settings import Settings, load_settings
+from service.store import PredictionWriter, Store
+from service.upstream import Upstream
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger("service.app")
+
+_OPEN_MODE_BANNER = "!" * 78
+
+
+async def _maybe_await(value):
+    return await value if inspect.isawaitable(value) else value
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the gateway app for `settings` (default: `load_settings()` from env/config)."""
+    settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = await asyncio.to_thread(Store.open, settings.database_url)
+        writer = None
+        upstream = None
+        try:
+            warning = await _maybe_await(await asyncio.to_thread(check_open_mode, settings, store))
+            if warning:
+                logger.warning("%s\n%s\n%s", _OPEN_MODE_BANNER, warning, _OPEN_MODE_BANNER)
+            writer = PredictionWriter(
+                store,
+                flush_interval_s=settings.prediction_flush_interval_s,
+                batch_size=settings.prediction_batch_size,
+                buffer_limit=settings.prediction_buffer_limit,
+            )
+            await writer.start()
+            upstream = Upstream(settings)
+            app.state.settings = settings
+            app.state.store = store
+            app.state.writer = writer
+            app.state.prediction_writer = writer  # read by /metrics
+            app.state.profiles = ProfileCache(store)
+            app.state.upstream = upstream
+            logger.info(
+                "gateway ready: upstream %s, store %s",
+                settings.upstream,
+                _redact(settings.database_url),
+            )
+            yield
+        finally:
+            if writer is not None:
+                try:
+                    await writer.close()
+                except Exception:
+                    logger.exception("flushing predictions on shutdown failed")
+            if upstream is not None:
+                await upstream.aclose()
+            await asyncio.to_thread(store.close)
+
+    app = FastAPI(
+        title="mllm-calib gateway",
+        version="0.1.0",
+        summary="OpenAI-compatible proxy in front of vLLM that adds calibrated confidence, "
+        "abstention and a feedback loop.",
+        lifespan=lifespan,
+    )
+    # Reachable before the lifespan runs too (e.g. for tests that inspect the app).
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.include_router(proxy.router)
+    app.include_router(feedback.router)
+    app.include_router(health.router)
+    app.include_router(metrics_routes.router)
+    return app
+
+
+def _redact(url: str) -> str:
+    """A database URL without its password, for logs."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"

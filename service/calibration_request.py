@@ -1,0 +1,153 @@
+"""The request's optional `calibration` object, validated, and the plan it resolves to.
+
+Clients may send `calibration: {options?, idk_option?, mode?, abstain?, threshold?, task?}` next
+to the usual OpenAI fields. It is removed from the body before the body goes upstream (vLLM would
+reject an unknown field only in strict mode, but it has no business there).
+
+`resolve_plan` merges, field by field, request > active profile > model configuration:
+what the caller asks for this request wins, then what was fitted for (model, task), then the
+operator's static configuration.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from service.errors import APIError
+from service.settings import ModelConfig
+
+__all__ = ["CalibrationPlan", "CalibrationRequest", "parse_calibration", "resolve_plan"]
+
+_MODES = ("options", "sequence")
+_POLICIES = ("annotate", "replace", "off")
+_TASK_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+_KEYS = {"options", "idk_option", "mode", "abstain", "threshold", "task"}
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationRequest:
+    """What the client asked for in `calibration` (None = not given)."""
+
+    options: tuple[str, ...] | None = None
+    idk_option: str | None = None
+    mode: str | None = None
+    abstain: str | None = None
+    threshold: float | None = None
+    task: str = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationPlan:
+    """How this one response will be scored, calibrated and possibly withheld."""
+
+    mode: str  # "options" | "sequence"
+    options: tuple[str, ...] | None
+    idk_option: str | None
+    abstain: str  # "annotate" | "replace" | "off"
+    threshold: float | None  # request override; None = the profile's
+    task: str
+    idk_message: str
+
+
+def _bad(message: str, param: str) -> APIError:
+    return APIError(400, message, param=f"calibration.{param}" if param else "calibration")
+
+
+def parse_calibration(raw: Any) -> CalibrationRequest:
+    """Validate the `calibration` object of a request body (400 on any problem)."""
+    if raw is None:
+        return CalibrationRequest()
+    if not isinstance(raw, dict):
+        raise _bad("`calibration` must be an object.", "")
+    unknown = set(raw) - _KEYS
+    if unknown:
+        raise _bad(
+            f"Unknown field(s) in `calibration`: {', '.join(sorted(unknown))}. "
+            f"Allowed: {', '.join(sorted(_KEYS))}.",
+            sorted(unknown)[0],
+        )
+
+    options = raw.get("options")
+    if options is not None:
+        if (
+            not isinstance(options, list)
+            or not 2 <= len(options) <= 64
+            or not all(isinstance(o, str) and o.strip() for o in options)
+        ):
+            raise _bad("`options` must be a list of 2 to 64 non-empty strings.", "options")
+        if len(set(options)) != len(options):
+            raise _bad("`options` must not repeat a label.", "options")
+        options = tuple(options)
+
+    idk = raw.get("idk_option")
+    if idk is not None:
+        if not isinstance(idk, str) or not idk.strip():
+            raise _bad("`idk_option` must be a non-empty string.", "idk_option")
+        if options is not None and idk not in options:
+            raise _bad("`idk_option` must be one of `options`.", "idk_option")
+
+    mode = raw.get("mode")
+    if mode is not None and mode not in _MODES:
+        raise _bad("`mode` must be 'options' or 'sequence'.", "mode")
+
+    abstain = raw.get("abstain")
+    if abstain is not None and abstain not in _POLICIES:
+        raise _bad("`abstain` must be 'annotate', 'replace' or 'off'.", "abstain")
+
+    threshold = raw.get("threshold")
+    if threshold is not None:
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+            raise _bad("`threshold` must be a number between 0 and 1.", "threshold")
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise _bad("`threshold` must be between 0 and 1.", "threshold")
+        threshold = float(threshold)
+
+    task = raw.get("task", "default")
+    if task is None:
+        task = "default"
+    if not isinstance(task, str) or not _TASK_RE.match(task):
+        raise _bad(
+            "`task` must be a short name (letters, digits, '_', '-', '.'; at most 64).", "task"
+        )
+
+    return CalibrationRequest(
+        options=options, idk_option=idk, mode=mode, abstain=abstain, threshold=threshold, task=task
+    )
+
+
+def resolve_plan(request: CalibrationRequest, profile: Any, config: ModelConfig) -> CalibrationPlan:
+    """Merge request > profile > model config into the plan for this response."""
+    options = request.options
+    idk = request.idk_option
+    if options is None:
+        profile_options = getattr(profile, "options", None)
+        if profile_options:
+            options = tuple(profile_options)
+            idk = idk or getattr(profile, "idk_option", None)
+        elif config.options:
+            options = tuple(config.options)
+            idk = idk or config.idk_option
+    if idk is not None and options is not None and idk not in options:
+        raise _bad("`idk_option` must be one of the options in effect.", "idk_option")
+
+    mode = request.mode or config.mode or ("options" if options else "sequence")
+    if mode == "options" and not options:
+        raise _bad(
+            "Options mode needs `calibration.options` (no default options are configured).",
+            "options",
+        )
+
+    abstain = request.abstain or getattr(profile, "abstain", None) or config.abstain
+    if abstain not in _POLICIES:  # a profile stored with an unknown policy must not break serving
+        abstain = config.abstain
+    return CalibrationPlan(
+        mode=mode,
+        options=options if mode == "options" else None,
+        idk_option=idk if mode == "options" else None,
+        abstain=abstain,
+        threshold=request.threshold,
+        task=request.task,
+        idk_message=config.idk_message,
+    )

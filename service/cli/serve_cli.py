@@ -1,0 +1,73 @@
+"""`calib serve`: run the gateway with uvicorn (uvloop + httptools when installed)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import typer
+
+
+def _best(module: str, preferred: str, fallback: str) -> str:
+    return preferred if importlib.util.find_spec(module) is not None else fallback
+
+
+def serve(
+    host: str = typer.Option(None, help="Address to bind (default 127.0.0.1)."),
+    port: int = typer.Option(None, help="Port to bind (default 8080)."),
+    upstream: str = typer.Option(
+        None, help="OpenAI-style base URL of the engine, e.g. http://127.0.0.1:8011/v1."
+    ),
+    db: str = typer.Option(None, help="SQLAlchemy URL of the store (default SQLite in data dir)."),
+    config: Path = typer.Option(None, help="YAML file with settings and per-model config."),
+    workers: int = typer.Option(None, help="Worker processes (default 1)."),
+    insecure: bool = typer.Option(
+        None, "--insecure/--secure", help="Allow a non-loopback bind without API keys."
+    ),
+    log_level: str = typer.Option("info", help="uvicorn log level."),
+) -> None:
+    """Serve the calibration gateway (OpenAI-compatible API on /v1)."""
+    import uvicorn
+
+    from service.settings import load_settings
+
+    overrides = {
+        "host": host,
+        "port": port,
+        "upstream": upstream,
+        "db": db,
+        "config": config,
+        "workers": workers,
+        "insecure": insecure,
+    }
+    settings = load_settings(**overrides)
+    loop = _best("uvloop", "uvloop", "asyncio")
+    http = _best("httptools", "httptools", "h11")
+    if settings.workers > 1:
+        # Worker processes build their own app from the environment: pass the flags down.
+        for key, value in overrides.items():
+            if value is not None:
+                os.environ[f"CALIB_{key.upper()}"] = str(value)
+        uvicorn.run(
+            "service.app:create_app",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            loop=loop,
+            http=http,
+            log_level=log_level,
+        )
+        return
+
+    from service.app import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop=loop,
+        http=http,
+        log_level=log_level,
+    )

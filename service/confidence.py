@@ -1,0 +1,183 @@
+"""From one upstream choice to the response's `calibration` object (DESIGN §3).
+
+All the math lives in `calibrators` (`score_options` / `score_sequence` → raw score,
+`apply_profile` → calibrated confidence). This module only decides *which* score to take, turns
+the result into the contract's field names, and takes the abstain decision:
+
+1. the model picked the IDK option → `abstain_reason: "idk_option"`;
+2. calibrated confidence below the threshold → `abstain_reason: "below_threshold"`;
+3. policy `off` never abstains (the numbers are still reported).
+
+When there is nothing to score (the engine returned no logprobs, the answer names no option, the
+answer is empty), `confidence` is null and `reason` says why; the answer is returned as it is.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from calibrators import Profile, apply_profile, score_options, score_sequence
+from service.calibration_request import CalibrationPlan
+
+__all__ = ["Outcome", "calibrate_choice", "no_choice_outcome"]
+
+# Why `confidence` can be null (the `reason` field of the calibration object).
+NO_LOGPROBS = "upstream_returned_no_logprobs"
+NO_OPTION = "answer_names_no_option"
+EMPTY_ANSWER = "empty_answer"
+NO_CHOICES = "upstream_returned_no_choices"
+
+
+@dataclass(slots=True)
+class Outcome:
+    """The calibration of one response: the public object plus what the store records."""
+
+    mode: str
+    task: str
+    confidence: float | None
+    raw_confidence: float | None
+    method: str
+    temperature: float | None
+    threshold: float | None
+    abstained: bool
+    abstain_reason: str | None
+    answer: str | None  # option label (options mode) or the answer text (sequence mode)
+    option_probs: dict[str, float] | None
+    profile_version: int
+    reason: str | None = None
+    features: dict[str, Any] = field(default_factory=dict)
+
+    def public(self, calibration_id: str, *, withheld: bool = False) -> dict[str, Any]:
+        """The `calibration` object of the response (field names are the API contract).
+
+        `answer` is reported in options mode only (in sequence mode the answer *is* the content);
+        when the answer was withheld (`replace`), neither it nor the option distribution is shown.
+        """
+        body: dict[str, Any] = {
+            "id": calibration_id,
+            "confidence": self.confidence,
+            "raw_confidence": self.raw_confidence,
+            "method": self.method,
+            "temperature": self.temperature,
+            "threshold": self.threshold,
+            "abstained": self.abstained,
+            "abstain_reason": self.abstain_reason,
+            "answer": None if withheld or self.mode != "options" else self.answer,
+            "option_probs": None if withheld else self.option_probs,
+            "profile_version": self.profile_version,
+            "mode": self.mode,
+            "task": self.task,
+        }
+        if self.reason is not None:
+            body["reason"] = self.reason
+        if withheld:
+            body["withheld"] = True
+        return body
+
+
+def _finite(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _features(score: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in fields(score):
+        value = getattr(score, f.name)
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def _option_probs(options: tuple[str, ...] | None, probs: Any) -> dict[str, float] | None:
+    if probs is None:
+        return None
+    if isinstance(probs, dict):
+        return {str(k): float(v) for k, v in probs.items()}
+    if options is None:
+        return None
+    values = list(probs)
+    if len(values) != len(options):
+        return None
+    return {label: float(p) for label, p in zip(options, values, strict=True)}
+
+
+def _empty(plan: CalibrationPlan, profile: Any, reason: str) -> Outcome:
+    return Outcome(
+        mode=plan.mode,
+        task=plan.task,
+        confidence=None,
+        raw_confidence=None,
+        method=getattr(profile, "method", "none") or "none",
+        temperature=None,
+        threshold=plan.threshold if plan.threshold is not None else _profile_threshold(profile),
+        abstained=False,
+        abstain_reason=None,
+        answer=None,
+        option_probs=None,
+        profile_version=int(getattr(profile, "version", 0) or 0),
+        reason=reason,
+    )
+
+
+def _profile_threshold(profile: Any) -> float | None:
+    return _finite(getattr(profile, "threshold", None))
+
+
+def no_choice_outcome(plan: CalibrationPlan, profile: Any) -> Outcome:
+    """The outcome of an upstream body with no choice to calibrate."""
+    return _empty(plan, profile, NO_CHOICES)
+
+
+def calibrate_choice(
+    logprobs: Any, text: str | None, plan: CalibrationPlan, profile: Profile, model: str
+) -> Outcome:
+    """Score one choice's logprobs, calibrate with `profile`, decide abstention."""
+    # A profile fitted for the other mode cannot calibrate this score: fall back to identity.
+    profile_mode = getattr(profile, "mode", None)
+    if profile_mode and profile_mode != plan.mode and getattr(profile, "method", "none") != "none":
+        profile = Profile.identity(model, plan.task)
+
+    if not logprobs:
+        return _empty(plan, profile, NO_LOGPROBS)
+
+    if plan.mode == "options":
+        score = score_options(logprobs, plan.options or ())
+        if not score.found:
+            outcome = _empty(plan, profile, NO_OPTION)
+            outcome.features = _features(score)
+            return outcome
+    else:
+        score = score_sequence(logprobs)
+        if score.n_tokens == 0:
+            return _empty(plan, profile, EMPTY_ANSWER)
+
+    calibrated = apply_profile(profile, score, threshold=plan.threshold)
+    confidence = _finite(calibrated.confidence)
+    answer = calibrated.answer if plan.mode == "options" else (text or "").strip() or None
+
+    abstained, reason = False, None
+    if plan.abstain != "off":
+        if plan.idk_option is not None and answer == plan.idk_option:
+            abstained, reason = True, "idk_option"
+        elif calibrated.below_threshold:
+            abstained, reason = True, "below_threshold"
+
+    return Outcome(
+        mode=plan.mode,
+        task=plan.task,
+        confidence=confidence,
+        raw_confidence=_finite(calibrated.raw_confidence),
+        method=calibrated.method,
+        temperature=_finite(calibrated.temperature),
+        threshold=_finite(calibrated.threshold),
+        abstained=abstained,
+        abstain_reason=reason,
+        answer=answer,
+        option_probs=_option_probs(plan.options, calibrated.option_probs),
+        profile_version=int(getattr(profile, "version", 0) or 0),
+        features=_features(score),
+    )

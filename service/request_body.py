@@ -1,0 +1,147 @@
+"""Reading and checking OpenAI request bodies: only the fields the gateway touches.
+
+The body is parsed once into a plain dict and forwarded as that dict, so fields we do not know
+(vLLM's extra sampling parameters, future OpenAI fields) pass through untouched. We validate what
+we read or rewrite — `model`, `messages`/`prompt`, `stream`, `n`, `logprobs`, `top_logprobs`,
+image parts — and answer 400 in OpenAI's shape for anything wrong, before the upstream sees it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from service.errors import APIError
+
+__all__ = ["LogprobWish", "check_chat", "check_completions", "parse_json_body"]
+
+MAX_TOP_LOGPROBS = 20
+
+
+def _bad(message: str, param: str | None = None) -> APIError:
+    return APIError(400, message, param=param)
+
+
+def check_content_type(content_type: str | None) -> None:
+    """JSON bodies only: a declared non-JSON content type is a 415 (absent is tolerated)."""
+    if not content_type:
+        return
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == "application/json" or media.endswith("+json"):
+        return
+    raise APIError(
+        415,
+        f"Unsupported Content-Type {media!r}: send the body as application/json.",
+        code="unsupported_media_type",
+    )
+
+
+def parse_json_body(raw: bytes) -> dict[str, Any]:
+    """Parse the request body; it must be one JSON object."""
+    if not raw:
+        raise _bad("The request body is empty; expected a JSON object.")
+    try:
+        body = json.loads(raw)
+    except UnicodeDecodeError:
+        raise _bad("The request body is not valid UTF-8.") from None
+    except ValueError as exc:
+        raise _bad(f"The request body is not valid JSON: {exc}.") from None
+    if not isinstance(body, dict):
+        raise _bad("The request body must be a JSON object.")
+    return body
+
+
+@dataclass(frozen=True, slots=True)
+class LogprobWish:
+    """What the client itself asked for, so the response can be trimmed back to it.
+
+    `enabled`: the client wants logprobs at all; `top`: how many alternatives per token.
+    """
+
+    enabled: bool
+    top: int
+
+
+def _int_in(body: dict[str, Any], key: str, lo: int, hi: int | None) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad(f"`{key}` must be an integer.", key)
+    if value < lo or (hi is not None and value > hi):
+        bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+        raise _bad(f"`{key}` must be {bound} (got {value}).", key)
+    return value
+
+
+def _check_common(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if model is None:
+        raise _bad("You must provide a `model` parameter.", "model")
+    if not isinstance(model, str) or not model.strip():
+        raise _bad("`model` must be a non-empty string.", "model")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise _bad("`stream` must be a boolean.", "stream")
+    _int_in(body, "n", 1, 128)
+    return model
+
+
+def check_chat(body: dict[str, Any]) -> tuple[str, LogprobWish]:
+    """Validate a chat completion body; return (model, the client's logprob wish)."""
+    model = _check_common(body)
+    messages = body.get("messages")
+    if messages is None:
+        raise _bad("You must provide `messages`.", "messages")
+    if not isinstance(messages, list) or not messages:
+        raise _bad("`messages` must be a non-empty array.", "messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise _bad(f"`messages[{i}]` must be an object.", f"messages[{i}]")
+        role = message.get("role")
+        if not isinstance(role, str) or not role:
+            raise _bad(f"`messages[{i}].role` must be a non-empty string.", f"messages[{i}].role")
+        content = message.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise _bad(
+                f"`messages[{i}].content` must be a string or an array of content parts.",
+                f"messages[{i}].content",
+            )
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                    raise _bad(
+                        f"`messages[{i}].content[{j}]` must be an object with a `type`.",
+                        f"messages[{i}].content[{j}]",
+                    )
+    logprobs = body.get("logprobs")
+    if logprobs is not None and not isinstance(logprobs, bool):
+        raise _bad("`logprobs` must be a boolean.", "logprobs")
+    top = _int_in(body, "top_logprobs", 0, MAX_TOP_LOGPROBS)
+    enabled = bool(logprobs)
+    return model, LogprobWish(enabled, (top or 0) if enabled else 0)
+
+
+def check_completions(body: dict[str, Any]) -> tuple[str, LogprobWish]:
+    """Validate a legacy completion body; return (model, the client's logprob wish)."""
+    model = _check_common(body)
+    prompt = body.get("prompt")
+    if prompt is None:
+        raise _bad("You must provide a `prompt`.", "prompt")
+    ok = isinstance(prompt, str) or (
+        isinstance(prompt, list)
+        and prompt
+        and (
+            all(isinstance(p, str) for p in prompt)
+            or all(isinstance(p, int) and not isinstance(p, bool) for p in prompt)
+            or all(isinstance(p, list) and all(isinstance(t, int) for t in p) for p in prompt)
+        )
+    )
+    if not ok:
+        raise _bad("`prompt` must be a string, an array of strings, or token ids.", "prompt")
+    logprobs = _int_in(body, "logprobs", 0, MAX_TOP_LOGPROBS)
+    echo = body.get("echo")
+    if echo is not None and not isinstance(echo, bool):
+        raise _bad("`echo` must be a boolean.", "echo")
+    return model, LogprobWish(logprobs is not None, logprobs or 0)

@@ -1,0 +1,488 @@
+"""A controllable stand-in for the vLLM OpenAI server: a real HTTP server on loopback.
+
+It is not a mock of our code: the gateway talks to it over TCP exactly as it talks to vLLM. Each
+test decides what it answers by setting `double.reply` to one of the reply types below (or to a
+callable `(path, json_body) -> reply`); every request it receives is recorded in
+`double.requests`, so tests can assert what the gateway injected.
+
+Reply types:
+- `JSONReply(body, status)`: a JSON body (a chat/completions response, an error, anything);
+- `RawReply(content, status, content_type)`: arbitrary bytes ("garbage");
+- `StreamReply(events, done=True, drop=False)`: server-sent events, one per item: a dict (sent
+  as `data: <json>`), `Pause(seconds)`, or a `Gate` the test opens; `drop=True` cuts the
+  connection after the events instead of finishing the stream;
+- `Stall(seconds, then)`: wait before answering (to test timeouts);
+- `Drop()`: announce a body, send half of it and cut the connection.
+
+Builders (`chat_response`, `completion_response`, `chat_steps`, `legacy_steps`, `chat_stream`,
+`completion_stream`) produce bodies in vLLM's exact shapes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import math
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+
+__all__ = [
+    "Drop",
+    "Gate",
+    "JSONReply",
+    "Pause",
+    "RawReply",
+    "RecordedRequest",
+    "ServerThread",
+    "Stall",
+    "StreamReply",
+    "UpstreamDouble",
+    "chat_response",
+    "chat_steps",
+    "chat_stream",
+    "completion_response",
+    "completion_stream",
+    "legacy_steps",
+]
+
+_ids = itertools.count(1)
+
+# ------------------------------------------------------------------------------ replies
+
+
+@dataclass
+class JSONReply:
+    body: Any
+    status: int = 200
+
+
+@dataclass
+class RawReply:
+    content: bytes
+    status: int = 200
+    content_type: str = "text/plain"
+
+
+@dataclass
+class Pause:
+    seconds: float
+
+
+@dataclass
+class Gate:
+    """A point in a stream where the double waits until the test calls `open()`."""
+
+    timeout: float = 10.0
+    _event: threading.Event = field(default_factory=threading.Event)
+    reached: threading.Event = field(default_factory=threading.Event)
+    timed_out: bool = False
+
+    def open(self) -> None:
+        self._event.set()
+
+
+@dataclass
+class StreamReply:
+    events: list[Any]
+    done: bool = True
+    drop: bool = False
+    status: int = 200
+
+
+@dataclass
+class Stall:
+    seconds: float
+    then: Any = None
+
+
+@dataclass
+class Drop:
+    pass
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    raw: bytes
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.raw) if self.raw else None
+
+
+# ----------------------------------------------------------------------------- builders
+
+Step = tuple[str, float, list[tuple[str, float]]]  # (token, logprob, [(alt, logprob), ...])
+
+
+def chat_steps(steps: list[Step]) -> dict[str, Any]:
+    """Chat `logprobs` object from (token, logprob, top alternatives) steps."""
+    content = []
+    for token, lp, top in steps:
+        content.append(
+            {
+                "token": token,
+                "logprob": lp,
+                "bytes": list(token.encode()),
+                "top_logprobs": [
+                    {"token": t, "logprob": v, "bytes": list(t.encode())} for t, v in top
+                ],
+            }
+        )
+    return {"content": content}
+
+
+def legacy_steps(steps: list[Step]) -> dict[str, Any]:
+    """Legacy completions `logprobs` object from the same steps."""
+    offsets, pos = [], 0
+    for token, _, _ in steps:
+        offsets.append(pos)
+        pos += len(token)
+    return {
+        "tokens": [t for t, _, _ in steps],
+        "token_logprobs": [lp for _, lp, _ in steps],
+        "top_logprobs": [dict(top) for _, _, top in steps],
+        "text_offset": offsets,
+    }
+
+
+def _next_id(prefix: str) -> str:
+    return f"{prefix}-double-{next(_ids)}-{time.monotonic_ns()}"
+
+
+def chat_response(
+    steps: list[Step] | None,
+    *,
+    model: str = "test-model",
+    content: str | None = None,
+    n: int = 1,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A chat completion; `steps=None` answers without logprobs (`content` must then be given)."""
+    text = content if content is not None else "".join(t for t, _, _ in steps or ())
+    choice = {
+        "index": 0,
+        "message": {"role": "assistant", "content": text, "reasoning_content": None},
+        "logprobs": chat_steps(steps) if steps is not None else None,
+        "finish_reason": "stop",
+        "stop_reason": None,
+    }
+    choices = [{**json.loads(json.dumps(choice)), "index": i} for i in range(n)]
+    body = {
+        "id": _next_id("chatcmpl"),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": choices,
+        "usage": {"prompt_tokens": 10, "completion_tokens": len(steps or ()), "total_tokens": 11},
+        "prompt_logprobs": None,
+        "kv_transfer_params": None,
+    }
+    body.update(extra or {})
+    return body
+
+
+def completion_response(
+    steps: list[Step] | None, *, model: str = "test-model", text: str | None = None
+) -> dict[str, Any]:
+    """A legacy text completion."""
+    return {
+        "id": _next_id("cmpl"),
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "text": text if text is not None else "".join(t for t, _, _ in steps or ()),
+                "logprobs": legacy_steps(steps) if steps is not None else None,
+                "finish_reason": "stop",
+                "stop_reason": None,
+                "prompt_logprobs": None,
+            }
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": len(steps or ()), "total_tokens": 6},
+    }
+
+
+def chat_stream(
+    steps: list[Step], *, model: str = "test-model", logprobs: bool = True
+) -> list[dict[str, Any]]:
+    """Chat chunks as vLLM streams them: a role chunk, one chunk per token, a finish chunk."""
+    cid, created = _next_id("chatcmpl"), int(time.time())
+
+    def chunk(delta: dict[str, Any], lp: Any = None, finish: str | None = None) -> dict:
+        return {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}],
+        }
+
+    events = [chunk({"role": "assistant", "content": ""})]
+    for step in steps:
+        events.append(chunk({"content": step[0]}, chat_steps([step]) if logprobs else None))
+    events.append(chunk({}, None, "stop"))
+    return events
+
+
+def completion_stream(steps: list[Step], *, model: str = "test-model") -> list[dict[str, Any]]:
+    cid, created = _next_id("cmpl"), int(time.time())
+    events = []
+    for i, step in enumerate(steps):
+        events.append(
+            {
+                "id": cid,
+                "object": "text_completion",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "text": step[0],
+                        "logprobs": legacy_steps([step]),
+                        "finish_reason": "stop" if i == len(steps) - 1 else None,
+                    }
+                ],
+            }
+        )
+    return events
+
+
+def softmax(logprobs: list[float], temperature: float = 1.0) -> list[float]:
+    """Reference softmax (tests compare the gateway against it)."""
+    scaled = [v / temperature for v in logprobs]
+    top = max(scaled)
+    exps = [math.exp(v - top) for v in scaled]
+    return [e / sum(exps) for e in exps]
+
+
+# ------------------------------------------------------------------------------ servers
+
+
+class ServerThread:
+    """Run an ASGI app with uvicorn in a background thread on a free loopback port."""
+
+    def __init__(self, app: Any, **config: Any) -> None:
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        config.setdefault("log_level", "warning")
+        config.setdefault("timeout_graceful_shutdown", 2)
+        self.server = uvicorn.Server(uvicorn.Config(app, **config))
+        self.thread = threading.Thread(target=self._run, daemon=True, name=f"uvicorn-{self.port}")
+        self.error: BaseException | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _run(self) -> None:
+        try:
+            self.server.run(sockets=[self._sock])
+        except BaseException as exc:  # surfaced by start()
+            self.error = exc
+
+    def start(self, timeout: float = 30.0) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start: {self.error!r}")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self._sock.close()
+
+
+class UpstreamDouble:
+    """The controllable upstream; `base_url` ends in `/v1` like vLLM's."""
+
+    def __init__(self) -> None:
+        self.requests: list[RecordedRequest] = []
+        self.reply: Any = None
+        self.known_models: set[str] | None = None
+        self.models = ["test-model"]
+        self._server = ServerThread(self._app, interface="asgi3")
+
+    @property
+    def base_url(self) -> str:
+        return f"{self._server.url}/v1"
+
+    def start(self) -> UpstreamDouble:
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def reset(self) -> None:
+        self.requests.clear()
+        self.reply = None
+        self.known_models = None
+
+    @property
+    def last(self) -> RecordedRequest:
+        return self.requests[-1]
+
+    # -- the ASGI app ------------------------------------------------------------------
+
+    async def _app(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        raw = b""
+        while True:
+            message = await receive()
+            raw += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        path = scope["path"]
+        self.requests.append(RecordedRequest(scope["method"], path, headers, raw))
+
+        if scope["method"] == "GET" and path == "/v1/models":
+            reply = self.reply if isinstance(self.reply, (JSONReply, RawReply, Stall)) else None
+            reply = reply or JSONReply(
+                {
+                    "object": "list",
+                    "data": [
+                        {"id": m, "object": "model", "created": 0, "owned_by": "double"}
+                        for m in self.models
+                    ],
+                }
+            )
+            await self._send(send, reply)
+            return
+        if scope["method"] != "POST" or path not in ("/v1/chat/completions", "/v1/completions"):
+            await self._send(send, JSONReply({"error": {"message": "Not Found"}}, 404))
+            return
+
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            await self._send(send, JSONReply(_error("bad json", 400), 400))
+            return
+        if self.known_models is not None and body.get("model") not in self.known_models:
+            message = f"The model `{body.get('model')}` does not exist."
+            await self._send(send, JSONReply(_error(message, 404, "NotFoundError"), 404))
+            return
+        reply = self.reply
+        if callable(reply):
+            reply = reply(path, body)
+        if reply is None:
+            reply = _default(path, body)
+        await self._send(send, reply)
+
+    async def _send(self, send: Callable, reply: Any) -> None:
+        if isinstance(reply, Stall):
+            await asyncio.sleep(reply.seconds)
+            reply = reply.then or JSONReply({"late": True})
+        if isinstance(reply, JSONReply):
+            await _respond(send, reply.status, "application/json", json.dumps(reply.body).encode())
+        elif isinstance(reply, RawReply):
+            await _respond(send, reply.status, reply.content_type, reply.content)
+        elif isinstance(reply, Drop):
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", b"400"),
+                    ],
+                }
+            )
+            await send(
+                {"type": "http.response.body", "body": b'{"id": "x", "cho', "more_body": True}
+            )
+            raise ConnectionAbortedError("double: dropping the connection on purpose")
+        elif isinstance(reply, StreamReply):
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": reply.status,
+                    "headers": [(b"content-type", b"text/event-stream")],
+                }
+            )
+            for event in reply.events:
+                if isinstance(event, Pause):
+                    await asyncio.sleep(event.seconds)
+                    continue
+                if isinstance(event, Gate):
+                    event.reached.set()
+                    opened = await asyncio.to_thread(event._event.wait, event.timeout)
+                    event.timed_out = not opened
+                    continue
+                data = event if isinstance(event, str) else json.dumps(event)
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": f"data: {data}\n\n".encode(),
+                        "more_body": True,
+                    }
+                )
+            if reply.drop:
+                raise ConnectionAbortedError("double: dropping the stream on purpose")
+            tail = b"data: [DONE]\n\n" if reply.done else b""
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
+        else:  # pragma: no cover - a test bug
+            raise TypeError(f"unknown reply {reply!r}")
+
+
+async def _respond(send: Callable, status: int, content_type: str, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type.encode()),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _error(message: str, status: int, type: str = "BadRequestError") -> dict[str, Any]:
+    return {"error": {"message": message, "type": type, "param": None, "code": status}}
+
+
+_DEFAULT_STEPS: list[Step] = [
+    ("Paris", -0.05, [("Paris", -0.05), ("Lyon", -3.2)]),
+    (".", -0.01, [(".", -0.01), ("!", -4.6)]),
+]
+
+
+def _default(path: str, body: dict[str, Any]) -> Any:
+    """Without instructions: a short answer, with logprobs when asked for, like vLLM."""
+    model = body.get("model", "test-model")
+    legacy = path == "/v1/completions"
+    wants = body.get("logprobs") is not None if legacy else bool(body.get("logprobs"))
+    if body.get("stream"):
+        if legacy:
+            return StreamReply(completion_stream(_DEFAULT_STEPS, model=model))
+        return StreamReply(chat_stream(_DEFAULT_STEPS, model=model, logprobs=wants))
+    steps = _DEFAULT_STEPS if wants else None
+    if legacy:
+        return JSONReply(completion_response(steps, model=model, text="Paris."))
+    return JSONReply(chat_response(steps, model=model, content="Paris."))
