@@ -39,6 +39,8 @@ def create_store_engine(url: str | URL) -> Engine:
 
 
 def _sqlite_engine(url: URL) -> Engine:
+    # `?timeout=SECONDS` in the URL (pysqlite's own knob) sets how long a writer waits for the lock.
+    busy_timeout_ms = int(float(url.query.get("timeout", SQLITE_BUSY_TIMEOUT_MS / 1000)) * 1000)
     database = url.database or ""
     in_memory = database in ("", ":memory:") or database.startswith("file::memory:")
     if in_memory:
@@ -58,7 +60,7 @@ def _sqlite_engine(url: URL) -> Engine:
         if not in_memory:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 

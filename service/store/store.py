@@ -8,8 +8,10 @@ subclasses that carry the offending id and the HTTP status to report.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import math
 import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -109,8 +111,11 @@ class Store:
         if not records:
             return
         rows = [_prediction_row(record) for record in records]
-        with self._tx(write=True) as conn:
-            conn.execute(self._insert_ignore(_P, ["id"]), rows)
+        try:
+            with self._tx(write=True) as conn:
+                conn.execute(self._insert_ignore(_P, ["id"]), rows)
+        except (TypeError, ValueError) as error:  # a driver could not encode some value
+            raise StoreError(f"cannot store prediction: {error}") from error
 
     def get_prediction(self, id: str) -> PredictionRecord | None:
         with self._tx() as conn:
@@ -463,8 +468,31 @@ def _result(id: str, judgement: feedback_rules.Judgement, status: str) -> Feedba
 
 def _prediction_row(record: PredictionRecord) -> dict[str, Any]:
     row = asdict(record)
-    row["features"] = row["features"] or {}
+    row["features"] = _json_safe(row["features"] or {})
+    row["options"] = _json_safe(row["options"])
+    row["request_content"] = _json_safe(row["request_content"])
     return row
+
+
+def _json_safe(value: Any) -> Any:
+    """JSON that every backend accepts: NaN/±inf become null (PostgreSQL's JSON has neither,
+    and a -inf logprob is common), numpy scalars become Python numbers."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(key): _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    if value is None or isinstance(value, str | int | bool):
+        return value
+    item = getattr(value, "item", None)  # numpy scalar
+    if callable(item):
+        with contextlib.suppress(TypeError, ValueError):
+            return _json_safe(item())
+    tolist = getattr(value, "tolist", None)  # numpy array
+    if callable(tolist):
+        return _json_safe(tolist())
+    return value
 
 
 def _prediction_from_row(row: Any) -> PredictionRecord:
