@@ -28,6 +28,7 @@ import os
 import shutil
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -63,6 +64,7 @@ __all__ = [
     "CalibrationSource",
     "CalibrationState",
     "ProfileLike",
+    "exported_series_names",
     "observe_abstention",
     "observe_confidence",
     "observe_feedback",
@@ -312,7 +314,10 @@ def observe_refit(model: str, outcome: str, duration_s: float) -> None:
     REFIT_DURATION.labels(model_label).observe(max(duration_s, 0.0))
 
 
-_writer_seen: dict[int, tuple[int, int]] = {}
+# Last seen (dropped, failed_batches) per writer. Weak keys: a new writer never inherits the
+# counts of a collected one; objects that cannot be weakly referenced are kept alive instead.
+_writer_seen: weakref.WeakKeyDictionary[Any, tuple[int, int]] = weakref.WeakKeyDictionary()
+_writer_seen_strong: dict[int, tuple[Any, tuple[int, int]]] = {}
 _writer_lock = threading.Lock()
 
 
@@ -326,15 +331,16 @@ def sync_prediction_writer(writer: Any) -> None:
     dropped = int(getattr(writer, "dropped", 0) or 0)
     failed = int(getattr(writer, "failed_batches", 0) or 0)
     with _writer_lock:
-        last_dropped, last_failed = _writer_seen.get(id(writer), (0, 0))
-        # A smaller value means a new writer reusing the id of a collected one: start over.
-        delta_dropped = dropped - last_dropped if dropped >= last_dropped else dropped
-        delta_failed = failed - last_failed if failed >= last_failed else failed
-        _writer_seen[id(writer)] = (dropped, failed)
-    if delta_dropped:
-        PREDICTIONS_DROPPED.inc(delta_dropped)
-    if delta_failed:
-        PREDICTION_WRITE_FAILURES.inc(delta_failed)
+        try:
+            last_dropped, last_failed = _writer_seen.get(writer, (0, 0))
+            _writer_seen[writer] = (dropped, failed)
+        except TypeError:  # not weakly referenceable
+            _, (last_dropped, last_failed) = _writer_seen_strong.get(id(writer), (None, (0, 0)))
+            _writer_seen_strong[id(writer)] = (writer, (dropped, failed))
+    if dropped > last_dropped:
+        PREDICTIONS_DROPPED.inc(dropped - last_dropped)
+    if failed > last_failed:
+        PREDICTION_WRITE_FAILURES.inc(failed - last_failed)
 
 
 # --------------------------------------------------------------------------- calibration health
@@ -585,7 +591,10 @@ class CalibrationCollector:
             add("calib_temperature", key, _temperature(profile))
             add("calib_threshold", key, _number(getattr(profile, "threshold", None)))
             add("calib_profile_version", key, _number(getattr(profile, "version", None)))
-        add("calib_labels", key, _lookup(metrics, "labels"))
+        labels = _lookup(metrics, "labels")
+        if labels is None:
+            labels = _number(getattr(profile, "n_labels", None))
+        add("calib_labels", key, labels)
         add("calib_confidence_drift_psi", key, _number(state.confidence_psi))
         add(
             "calib_last_refit_success_timestamp_seconds",
@@ -595,6 +604,26 @@ class CalibrationCollector:
 
 
 # --------------------------------------------------------------------------- exposition
+
+_SERIES_SUFFIXES = {
+    "counter": ("_total",),
+    "histogram": ("_bucket", "_sum", "_count"),
+    "gauge": ("",),
+}
+
+
+def exported_series_names() -> frozenset[str]:
+    """Every series name this service can export under ``calib_`` (what PromQL may select):
+    ``…_total`` for counters, ``…_bucket/_sum/_count`` for histograms, the name for gauges.
+
+    Derived from the declared metrics and the collector's families, not from a hand-kept list.
+    """
+    families = [*REGISTRY.collect(), *CalibrationCollector(list).describe()]
+    names = set()
+    for family in families:
+        if family.name.startswith("calib_"):
+            names.update(family.name + suffix for suffix in _SERIES_SUFFIXES[family.type])
+    return frozenset(names)
 
 
 class _Union:
