@@ -173,6 +173,9 @@ def start(
     _write_info(layout, info)
     try:
         _wait_healthy(proc, info, settings.health_timeout_s, report)
+        if settings.warmup:
+            report("warming up (first request)")
+            _warm_up(info, settings.health_timeout_s)
     except BaseException:
         _terminate_group(proc.pid)
         layout.pid_file(settings.port).unlink(missing_ok=True)
@@ -202,6 +205,13 @@ def _wait_healthy(
         f"The engine was not healthy after {timeout_s:.0f} s. Last lines of {info.log_file}:\n"
         f"{log_tail(Path(info.log_file))}"
     )
+
+
+def _warm_up(info: EngineInfo, timeout_s: float) -> None:
+    body = {"model": info.served_model_name, "prompt": "Hello", "max_tokens": 1}
+    # A failed warm-up is not fatal: the engine is healthy, real requests will tell.
+    with contextlib.suppress(httpx.HTTPError):
+        httpx.post(f"{info.base_url}/completions", json=body, timeout=timeout_s)
 
 
 def stop(layout: EngineLayout | None = None, port: int | None = None) -> bool:

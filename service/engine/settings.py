@@ -63,6 +63,8 @@ class EngineSettings(BaseSettings):
     cpu_threads_bind: str | None = None
     """VLLM_CPU_OMP_THREADS_BIND; unset = all cores this process may run on."""
     health_timeout_s: float = 600.0
+    warmup: bool = True
+    """After /health, send one tiny completion: the first request pays ~10-30 s of warm-up."""
     pip_args: str = ""
     """Extra `pip install` arguments for `prepare` (e.g. an --extra-index-url for torch+cpu)."""
 

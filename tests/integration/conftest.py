@@ -1,0 +1,49 @@
+"""The real embedded engine (vLLM CPU + Gemma 3 270M), prepared and started once per session.
+
+`engine` prepares the engine if needed (the first time on a fresh machine this creates a ~3.7 GB
+virtualenv and converts the model: several minutes), starts it on a free loopback port and stops
+it when the session ends. Tests that use it carry the `engine` marker; deselect them with
+`-m "not engine"`. To reuse an engine that already runs, set CALIB_TEST_ENGINE_URL (its /v1 base
+URL) and, if it is not Gemma, CALIB_TEST_ENGINE_MODEL.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from service import engine as embedded
+from service.engine import EngineLayout, EngineSettings
+
+#: Generous: a fresh machine installs the engine virtualenv and converts the model first.
+ENGINE_TEST_TIMEOUT_S = 1800
+
+
+@dataclass(frozen=True)
+class RunningEngine:
+    """What tests need to talk to the engine: its OpenAI base URL (ends in /v1) and model name."""
+
+    base_url: str
+    model: str
+
+
+@pytest.fixture(scope="session")
+def engine() -> Iterator[RunningEngine]:
+    url = os.environ.get("CALIB_TEST_ENGINE_URL")
+    if url:
+        yield RunningEngine(
+            url.rstrip("/"), os.environ.get("CALIB_TEST_ENGINE_MODEL", "gemma-3-270m")
+        )
+        return
+    layout = EngineLayout.default()
+    settings = EngineSettings(host="127.0.0.1", port=embedded.free_port())
+    if settings.uses_embedded_model and settings.python is None:
+        embedded.prepare(layout, settings)
+    info = embedded.start(settings, layout)
+    try:
+        yield RunningEngine(info.base_url, info.served_model_name)
+    finally:
+        embedded.stop(layout, info.port)
