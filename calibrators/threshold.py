@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from typing import Any, Literal
 
 import numpy as np
@@ -69,14 +70,21 @@ def _p_values(errors: np.ndarray, n: np.ndarray, alpha: float, kind: str) -> np.
     raise ValueError(f"unknown p_value {kind!r}; use 'binomial' or 'hb'")
 
 
-def _min_certifiable_n(alpha: float, delta: float, kind: str) -> int:
-    """Fewest answered items for which zero errors already gives p <= delta."""
+@lru_cache(maxsize=64)
+def _first_tested_n(alpha: float, delta: float, kind: str) -> int:
+    """Answered-set size at which the fixed sequence starts.
+
+    The smallest n at which an observed risk of alpha/2 would already be certified. Smaller sets
+    have almost no power (with alpha = delta = 0.1, 22 answers must all be right), so testing them
+    first would end the sequence by chance before any real candidate is seen. The rule depends on
+    (alpha, delta, n) only, never on labels, so the pre-specified order stays valid.
+    """
     n = max(1, math.ceil(math.log(delta) / math.log1p(-alpha)))
-    while _p_values(np.zeros(1), np.array([n]), alpha, kind)[0] > delta:
+    while True:
+        errors = np.array([math.floor(n * alpha / 2)])
+        if _p_values(errors, np.array([n]), alpha, kind)[0] <= delta:
+            return n
         n += 1
-    while n > 1 and _p_values(np.zeros(1), np.array([n - 1]), alpha, kind)[0] <= delta:
-        n -= 1
-    return n
 
 
 def select_threshold(
@@ -91,10 +99,10 @@ def select_threshold(
     """Pick the lowest threshold certified to keep selective risk <= target_risk (w.p. 1-delta).
 
     Candidates are the distinct confidences (at most ~1000 quantiles of them, for speed), tested
-    from high to low. Thresholds whose answered set is too small to be certified even with zero
-    errors are skipped: they depend on the confidences only, not on the labels, and could only
-    fail. If no threshold is certified, the result has ``guaranteed=False`` and a threshold
-    above 1.0 and above every confidence: coverage 0, abstain on everything.
+    from high to low, starting where the answered set is large enough for the test to have
+    power (see ``_first_tested_n``; a label-free rule, so the guarantee is unaffected).
+    If no threshold is certified, the result has ``guaranteed=False`` and a threshold above 1.0
+    and above every confidence: coverage 0, abstain on everything.
     """
     c = np.asarray(conf, dtype=float).reshape(-1)
     y = np.asarray(correct, dtype=float).reshape(-1)
@@ -125,12 +133,12 @@ def select_threshold(
     errors_desc = np.cumsum(1.0 - y[order])
 
     candidates = np.unique(c)[::-1]  # high to low
-    if candidates.size > _MAX_CANDIDATES:
-        grid = np.quantile(c, np.linspace(1.0, 0.0, _MAX_CANDIDATES), method="inverted_cdf")
-        candidates = np.unique(grid)[::-1]
+    if candidates.size > _MAX_CANDIDATES:  # an evenly spaced grid of order statistics
+        picks = np.linspace(0, n - 1, _MAX_CANDIDATES).round().astype(np.int64)
+        candidates = np.unique(c_desc[picks])[::-1]
     # Items answered at each candidate: conf >= λ  <=>  position in the descending order.
     n_answered = np.searchsorted(-c_desc, -candidates, side="right")
-    usable = n_answered >= _min_certifiable_n(target_risk, delta, p_value)
+    usable = n_answered >= _first_tested_n(target_risk, delta, p_value)
     candidates, n_answered = candidates[usable], n_answered[usable]
     if candidates.size == 0:
         return none
