@@ -78,11 +78,9 @@ def list_keys(
         records = store.list_keys(include_revoked=all_keys)
     finally:
         store.close()
-    table = Table()
-    for column in ("id", "name", "role", "tenant", "prefix", "created", "revoked"):
-        table.add_column(column, no_wrap=True)
-    for record in records:
-        table.add_row(
+    columns = ("id", "name", "role", "tenant", "prefix", "created", "revoked")
+    rows = [
+        (
             record.id,
             record.name,
             record.role,
@@ -91,7 +89,19 @@ def list_keys(
             record.created_at.strftime("%Y-%m-%d %H:%M:%SZ"),
             record.revoked_at.strftime("%Y-%m-%d %H:%M:%SZ") if record.revoked_at else "",
         )
-    Console().print(table)
+        for record in records
+    ]
+    console = Console()
+    if not console.is_terminal:  # piped: one tab-separated line per key, easy to grep/cut
+        for row in [columns, *rows]:
+            typer.echo("\t".join(row))
+        return
+    table = Table()
+    for column in columns:
+        table.add_column(column, no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
 
 
 @app.command("revoke")
