@@ -29,7 +29,7 @@ smallest listed top-K logprob, an upper bound on its true logprob, and is flagge
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -142,37 +142,16 @@ def _steps(logprobs: Any) -> tuple[str, Any]:
     return "none", None
 
 
-def _chat_candidates(entry: dict[str, Any]) -> list[tuple[str, float]]:
-    """(token, logprob) pairs of one chat step: the top-K list plus the sampled token."""
-    pairs = [(d["token"], d["logprob"]) for d in entry.get("top_logprobs") or ()]
-    token, lp = entry.get("token"), entry.get("logprob")
-    if token is not None and lp is not None and all(t != token for t, _ in pairs):
-        pairs.append((token, lp))
-    return pairs
-
-
-def _legacy_candidates(
-    token: str | None, lp: float | None, top: dict[str, float] | None
-) -> list[tuple[str, float]]:
-    pairs = list(top.items()) if top else []
-    if token is not None and lp is not None and (not top or token not in top):
-        pairs.append((token, lp))
-    return pairs
-
-
-# --------------------------------------------------------------------------------------------
-# Options
-
-
 @dataclass(frozen=True)
 class _OptionIndex:
-    exact: dict[str, tuple[int, ...]]
-    prefix: dict[str, tuple[int, ...]]
+    """Lookup tables from a normalized token to options, built once per option set."""
+
+    answer: dict[str, int]  # tokens that fix the answer position -> the option they name
+    variants: dict[str, tuple[int, ...]]  # tokens that count towards options at that position
 
 
 @lru_cache(maxsize=256)
 def _option_index(options: tuple[str, ...]) -> _OptionIndex:
-    """Lookup tables from a normalized token to the option indices it names (cached per set)."""
     exact: dict[str, list[int]] = {}
     prefix: dict[str, list[int]] = {}
     for i, option in enumerate(options):
@@ -186,43 +165,90 @@ def _option_index(options: tuple[str, ...]) -> _OptionIndex:
                 bucket = prefix.setdefault(stub, [])
                 if i not in bucket:
                     bucket.append(i)
-    return _OptionIndex(
-        exact={k: tuple(v) for k, v in exact.items()},
-        prefix={k: tuple(v) for k, v in prefix.items() if k not in exact},
-    )
+    variants = {k: tuple(v) for k, v in prefix.items() if k not in exact}
+    variants.update((k, tuple(v)) for k, v in exact.items())
+    answer = {k: v[0] for k, v in prefix.items() if k not in exact and len(v) == 1}
+    answer.update((k, v[0]) for k, v in exact.items())
+    return _OptionIndex(answer=answer, variants=variants)
 
 
-def _logsumexp(values: list[float]) -> float:
-    top = max(values)
-    if top == -math.inf or len(values) == 1:
-        return top
-    return top + math.log(sum(math.exp(v - top) for v in values))
+def _floor(top_k_min: float, sampled_lp: float | None) -> float:
+    """Upper bound for an option absent from the listed candidates."""
+    if top_k_min != math.inf:
+        return top_k_min
+    if sampled_lp is not None and sampled_lp < 0.0:
+        # No top-K list at all: the mass the sampled token leaves is the only bound there is.
+        return math.log1p(-math.exp(sampled_lp))
+    return -math.inf
 
 
-def _score_position(
-    pairs: Iterable[tuple[str, float]],
-    top_k: list[float],
-    index: _OptionIndex,
-    n_options: int,
-    sampled_lp: float | None,
+def _finish(
+    found: list[list[float] | None], floor: float
 ) -> tuple[tuple[float, ...], tuple[bool, ...]]:
-    found: list[list[float]] = [[] for _ in range(n_options)]
-    exact, prefix = index.exact, index.prefix
-    for token, lp in pairs:
-        label = normalize_token(token)
-        hits = exact.get(label) or prefix.get(label)
+    scores = []
+    for lps in found:
+        if lps is None:
+            scores.append(floor)
+        elif len(lps) == 1:
+            scores.append(lps[0])
+        else:
+            top = max(lps)
+            total = sum(math.exp(lp - top) for lp in lps) if top != -math.inf else 1.0
+            scores.append(top + math.log(total))
+    return tuple(scores), tuple(lps is None for lps in found)
+
+
+def _score_chat_step(
+    entry: dict[str, Any], variants: dict[str, tuple[int, ...]], n_options: int
+) -> tuple[tuple[float, ...], tuple[bool, ...]]:
+    found: list[list[float] | None] = [None] * n_options
+    sampled, sampled_lp = entry.get("token"), entry.get("logprob")
+    sampled_listed = False
+    floor = math.inf
+    for candidate in entry.get("top_logprobs") or ():
+        token, lp = candidate["token"], candidate["logprob"]
+        if lp < floor:
+            floor = lp
+        if token == sampled:
+            sampled_listed = True
+        hits = variants.get(token.strip(_STRIP_CHARS))
         if hits:
             for i in hits:
-                found[i].append(lp)
-    if top_k:
-        floor = min(top_k)
-    elif sampled_lp is not None and sampled_lp < 0.0:
-        # No top-K list at all: the mass the sampled token leaves is the only bound there is.
-        floor = math.log1p(-math.exp(sampled_lp))
-    else:
-        floor = -math.inf
-    scores = tuple(_logsumexp(v) if v else floor for v in found)
-    return scores, tuple(not v for v in found)
+                bucket = found[i]
+                if bucket is None:
+                    found[i] = [lp]
+                else:
+                    bucket.append(lp)
+    if not sampled_listed and sampled is not None and sampled_lp is not None:
+        for i in variants.get(sampled.strip(_STRIP_CHARS), ()):
+            bucket = found[i]
+            if bucket is None:
+                found[i] = [sampled_lp]
+            else:
+                bucket.append(sampled_lp)
+    return _finish(found, _floor(floor, sampled_lp))
+
+
+def _score_legacy_step(
+    token: str,
+    sampled_lp: float | None,
+    top: dict[str, float] | None,
+    variants: dict[str, tuple[int, ...]],
+    n_options: int,
+) -> tuple[tuple[float, ...], tuple[bool, ...]]:
+    found: list[list[float] | None] = [None] * n_options
+    pairs = list(top.items()) if top else []
+    floor = min((lp for _, lp in pairs), default=math.inf)
+    if sampled_lp is not None and (not top or token not in top):
+        pairs.append((token, sampled_lp))
+    for candidate, lp in pairs:
+        for i in variants.get(candidate.strip(_STRIP_CHARS), ()):
+            bucket = found[i]
+            if bucket is None:
+                found[i] = [lp]
+            else:
+                bucket.append(lp)
+    return _finish(found, _floor(floor, sampled_lp))
 
 
 def score_options(logprobs: Any, options: Sequence[str]) -> OptionScore:
@@ -233,54 +259,36 @@ def score_options(logprobs: Any, options: Sequence[str]) -> OptionScore:
     """
     opts = tuple(options)
     index = _option_index(opts)
-    exact, prefix = index.exact, index.prefix
+    answer_of, variants = index.answer, index.variants
     kind, steps = _steps(logprobs)
-    missing = OptionScore(opts, (), (), None, None, None)
-    if kind == "none" or not exact:
-        return missing
+    if kind == "none" or not answer_of:
+        return OptionScore(opts, (), (), None, None, None)
 
     if kind == "chat":
         for t, entry in enumerate(steps):
             token = entry.get("token")
             if token is None:
                 continue
-            label = normalize_token(token)
-            if not label:
+            i = answer_of.get(token.strip(_STRIP_CHARS))
+            if i is None:
                 continue
-            hits = exact.get(label)
-            if hits is None:
-                hits = prefix.get(label)
-                if hits is None or len(hits) != 1:
-                    continue
-            pairs = _chat_candidates(entry)
-            top_k = [d["logprob"] for d in entry.get("top_logprobs") or ()]
-            scores, truncated = _score_position(
-                pairs, top_k, index, len(opts), entry.get("logprob")
-            )
-            return OptionScore(opts, scores, truncated, opts[hits[0]], hits[0], t)
-        return missing
+            scores, truncated = _score_chat_step(entry, variants, len(opts))
+            return OptionScore(opts, scores, truncated, opts[i], i, t)
+        return OptionScore(opts, (), (), None, None, None)
 
-    tokens = steps.get("tokens") or []
     token_lps = steps.get("token_logprobs") or []
     tops = steps.get("top_logprobs") or []
-    for t, token in enumerate(tokens):
+    for t, token in enumerate(steps.get("tokens") or ()):
         if token is None:
             continue
-        label = normalize_token(token)
-        if not label:
+        i = answer_of.get(token.strip(_STRIP_CHARS))
+        if i is None:
             continue
-        hits = exact.get(label)
-        if hits is None:
-            hits = prefix.get(label)
-            if hits is None or len(hits) != 1:
-                continue
         lp = token_lps[t] if t < len(token_lps) else None
         top = tops[t] if t < len(tops) else None
-        pairs = _legacy_candidates(token, lp, top)
-        top_k = list(top.values()) if top else []
-        scores, truncated = _score_position(pairs, top_k, index, len(opts), lp)
-        return OptionScore(opts, scores, truncated, opts[hits[0]], hits[0], t)
-    return missing
+        scores, truncated = _score_legacy_step(token, lp, top, variants, len(opts))
+        return OptionScore(opts, scores, truncated, opts[i], i, t)
+    return OptionScore(opts, (), (), None, None, None)
 
 
 # --------------------------------------------------------------------------------------------
