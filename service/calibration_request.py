@@ -139,7 +139,11 @@ def resolve_plan(request: CalibrationRequest, profile: Any, config: ModelConfig)
             "options",
         )
 
-    abstain = request.abstain or getattr(profile, "abstain", None) or config.abstain
+    # The identity profile (version 0) carries the dataclass default policy, not a decision:
+    # only a stored profile's policy outranks the model configuration.
+    stored = int(getattr(profile, "version", 0) or 0) > 0
+    profile_policy = getattr(profile, "abstain", None) if stored else None
+    abstain = request.abstain or profile_policy or config.abstain
     if abstain not in _POLICIES:  # a profile stored with an unknown policy must not break serving
         abstain = config.abstain
     return CalibrationPlan(

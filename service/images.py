@@ -73,6 +73,9 @@ def data_url_bytes(url: str, param: str = "image_url") -> bytes:
     payload = url[match.end() :]
     if not payload:
         raise _bad("The image data URL has an empty payload.", param)
+    # strict_mode still accepts excess padding ("QUJD=") on Python 3.11: check the length too.
+    if len(payload) % 4 or len(payload) - len(payload.rstrip("=")) > 2:
+        raise _bad("The image data URL payload is not valid base64 (bad length or padding).", param)
     try:
         data = binascii.a2b_base64(payload, strict_mode=True)
     except (binascii.Error, ValueError):

@@ -40,7 +40,11 @@ _DONE = b"data: [DONE]\n\n"
 
 
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # a lone surrogate from an upstream escape: keep it escaped
+        return json.dumps(obj, separators=(",", ":")).encode()
 
 
 @dataclass(slots=True)

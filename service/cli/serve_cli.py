@@ -23,7 +23,7 @@ def serve(
     config: Path = typer.Option(None, help="YAML file with settings and per-model config."),
     workers: int = typer.Option(None, help="Worker processes (default 1)."),
     insecure: bool = typer.Option(
-        None, "--insecure/--secure", help="Allow a non-loopback bind without API keys."
+        None, "--insecure", help="Allow a non-loopback bind without API keys (dangerous)."
     ),
     log_level: str = typer.Option("info", help="uvicorn log level."),
 ) -> None:
@@ -49,6 +49,13 @@ def serve(
         for key, value in overrides.items():
             if value is not None:
                 os.environ[f"CALIB_{key.upper()}"] = str(value)
+        # Request metrics of all workers are merged from files (see service/metrics.py); the
+        # directory must be set before a worker imports prometheus-client.
+        if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+            from service.metrics import prepare_multiprocess_dir
+
+            directory = prepare_multiprocess_dir(settings.data_dir / "prometheus-multiproc")
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
         uvicorn.run(
             "service.app:create_app",
             factory=True,

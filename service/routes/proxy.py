@@ -113,14 +113,30 @@ _COMPLETIONS_DOC = _body_doc(
 
 
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    """Compact JSON; falls back to ASCII escapes if a string holds a lone surrogate."""
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _dumps_request(obj: Any) -> bytes:
+    """The upstream body. JSON escapes can smuggle in lone surrogates, which are not text."""
+    try:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise APIError(
+            400, "The request contains an invalid Unicode escape (a lone surrogate)."
+        ) from None
 
 
 def _prompt_hash(model: str, prompt: Any) -> str:
     """sha256 of (model, the client's prompt/messages) before any injection; groups repeats."""
     digest = hashlib.sha256(model.encode())
     digest.update(b"\0")
-    digest.update(json.dumps(prompt, sort_keys=True, ensure_ascii=False).encode())
+    text = json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+    digest.update(text.encode("utf-8", "surrogatepass"))
     return digest.hexdigest()
 
 
@@ -192,7 +208,7 @@ async def _prepare(request: Request, legacy: bool) -> _Prepared:
         plan=plan,
         profile=profile,
         stream=bool(body.get("stream")),
-        content=_dumps(body),
+        content=_dumps_request(body),
         prompt_hash=prompt_hash,
         request_content=(
             {"prompt" if legacy else "messages": prompt} if settings.store_request_content else None
