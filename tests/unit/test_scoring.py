@@ -45,12 +45,12 @@ VLLM_CHAT_RESPONSE = {
                     chat_step(
                         " (",
                         -0.7,
-                        {" (": -0.7, " B": -1.1, " **": -2.2, " A": -3.0, " C": -4.0},
+                        {" (": -0.7, " B": -1.3, " **": -2.2, " A": -3.0, " C": -4.0},
                     ),
                     chat_step(
                         "B",
-                        -0.3,
-                        {"B": -0.3, "A": -1.6, "C": -2.9, "b": -3.5, "D": -4.2},
+                        -0.35,
+                        {"B": -0.35, "A": -1.9, "C": -2.9, "b": -3.5, "D": -4.2},
                     ),
                     chat_step(").", -0.02, {").": -0.02, ")": -4.0}),
                 ]
@@ -93,7 +93,7 @@ def test_chat_shape_finds_the_first_token_that_names_an_option() -> None:
 
 def test_option_logprobs_are_read_at_the_answer_position() -> None:
     score = score_options(VLLM_CHAT_RESPONSE["choices"][0]["logprobs"], LETTERS)
-    assert score.option_logprobs[:3] == pytest.approx((-1.6, -0.3, -2.9))
+    assert score.option_logprobs[:3] == pytest.approx((-1.9, -0.35, -2.9))
     assert score.option_logprobs[3] == pytest.approx(-4.2)
     assert score.truncated == (False, False, False, False)
 
@@ -101,7 +101,7 @@ def test_option_logprobs_are_read_at_the_answer_position() -> None:
 def test_lowercase_variant_is_not_the_option() -> None:
     # "b" at -3.5 must not be folded into "B": matching is case-sensitive.
     score = score_options(VLLM_CHAT_RESPONSE["choices"][0]["logprobs"], LETTERS)
-    assert score.option_logprobs[1] == pytest.approx(-0.3)
+    assert score.option_logprobs[1] == pytest.approx(-0.35)
 
 
 def test_whole_choice_content_list_and_logprobs_object_give_the_same_score() -> None:
@@ -252,7 +252,7 @@ def test_probs_are_the_softmax_of_option_logprobs_at_temperature() -> None:
 
 def test_sequence_score_is_mean_and_min_of_token_logprobs() -> None:
     seq = score_sequence(VLLM_CHAT_RESPONSE["choices"][0]["logprobs"])
-    lps = [-0.9, -0.05, -0.01, -0.7, -0.3, -0.02]
+    lps = [-0.9, -0.05, -0.01, -0.7, -0.35, -0.02]
     assert seq.n_tokens == 6
     assert seq.mean_logprob == pytest.approx(np.mean(lps))
     assert seq.min_logprob == pytest.approx(min(lps))

@@ -1,0 +1,110 @@
+"""score_options / score_sequence on responses recorded from the real engine.
+
+Recorded files live in ``tests/fixtures/engine/*.json`` (Gemma 3 270M behind vLLM's OpenAI
+server). Any JSON layout is accepted: every object with a ``choices`` list is a response; when a
+request with ``calibration.options`` sits next to it, those are the options, else A-D.
+The checks are invariants, so they hold for whatever the model happened to say.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from calibrators import normalize_token, score_options, score_sequence
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "engine"
+DEFAULT_OPTIONS = ["A", "B", "C", "D"]
+
+
+def _responses(node: Any, options: list[str]) -> Iterator[tuple[dict, list[str]]]:
+    if isinstance(node, dict):
+        request = node.get("request")
+        if isinstance(request, dict):
+            found = (request.get("calibration") or {}).get("options")
+            options = list(found) if found else options
+        if isinstance(node.get("choices"), list):
+            yield node, options
+            return
+        for value in node.values():
+            yield from _responses(value, options)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _responses(value, options)
+
+
+def _choices() -> list[Any]:
+    params = []
+    for path in sorted(FIXTURES.glob("*.json")) if FIXTURES.is_dir() else []:
+        data = json.loads(path.read_text())
+        for r, (response, options) in enumerate(_responses(data, DEFAULT_OPTIONS)):
+            for choice in response["choices"]:
+                if choice.get("logprobs"):
+                    params.append(pytest.param(choice, options, id=f"{path.stem}-{r}"))
+    return params or [pytest.param(None, None, marks=pytest.mark.skip("no engine fixtures yet"))]
+
+
+def _content(choice: dict) -> list[dict] | None:
+    logprobs = choice["logprobs"]
+    return logprobs.get("content") if isinstance(logprobs, dict) else None
+
+
+def _generated_text(choice: dict) -> str:
+    message = choice.get("message") or {}
+    return message.get("content") or choice.get("text") or ""
+
+
+@pytest.mark.parametrize(("choice", "options"), _choices())
+def test_sequence_features_summarize_every_generated_token(choice: dict, options: list) -> None:
+    seq = score_sequence(choice["logprobs"])
+    content = _content(choice)
+    lps = (
+        [e["logprob"] for e in content]
+        if content is not None
+        else [lp for lp in choice["logprobs"]["token_logprobs"] if lp is not None]
+    )
+    assert seq.n_tokens == len(lps)
+    if lps:
+        assert seq.mean_logprob == pytest.approx(np.mean(lps))
+        assert seq.min_logprob == pytest.approx(min(lps))
+        assert 0.0 < seq.raw_confidence <= 1.0
+
+
+@pytest.mark.parametrize(("choice", "options"), _choices())
+def test_option_scores_are_consistent_with_the_generated_tokens(
+    choice: dict, options: list
+) -> None:
+    score = score_options(choice["logprobs"], options)
+    content = _content(choice)
+    tokens = [e["token"] for e in content] if content is not None else choice["logprobs"]["tokens"]
+    labels = {normalize_token(o) for o in options}
+    if not score.found:
+        assert not any(normalize_token(t) in labels for t in tokens)
+        return
+    # The answer position holds a token naming the answer, and no earlier token named an option.
+    assert not any(normalize_token(t) in labels for t in tokens[: score.position])
+    label = normalize_token(score.answer)
+    assert label.startswith(normalize_token(tokens[score.position]))
+    text = _generated_text(choice)
+    if text:
+        assert normalize_token(tokens[score.position]) in text
+    probs = score.probs()
+    assert probs.sum() == pytest.approx(1.0)
+    assert score.raw_confidence == pytest.approx(probs[score.answer_index])
+    # The sampled token is one of the answer's variants, so its mass is included.
+    sampled_lp = (
+        content[score.position]["logprob"]
+        if content is not None
+        else choice["logprobs"]["token_logprobs"][score.position]
+    )
+    assert score.option_logprobs[score.answer_index] >= sampled_lp - 1e-9
+    # Distinct real tokens are disjoint events: their masses cannot sum past 1.
+    real = [lp for lp, cut in zip(score.option_logprobs, score.truncated, strict=True) if not cut]
+    if len(labels) == len(options):
+        assert sum(math.exp(lp) for lp in real) <= 1.0 + 1e-6
