@@ -1,0 +1,3 @@
+from service.datasets.cli import app
+
+app(prog_name="calib dataset")
