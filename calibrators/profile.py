@@ -66,6 +66,9 @@ class Profile:
             raise ValueError(f"abstain must be one of {ABSTAIN_POLICIES}, got {self.abstain!r}")
         if self.method != "none" and self.calibrator is None:
             raise ValueError(f"method {self.method!r} needs a fitted calibrator dict")
+        kind = (self.calibrator or {}).get("type")
+        if self.method != "none" and kind is not None and kind != self.method:
+            raise ValueError(f"method {self.method!r} does not match calibrator type {kind!r}")
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in ("method", "calibrator"):

@@ -166,6 +166,11 @@ def test_a_method_without_a_calibrator_is_rejected() -> None:
         Profile("m", method="platt")
 
 
+def test_a_calibrator_of_another_method_is_rejected() -> None:
+    with pytest.raises(ValueError):
+        Profile("m", method="platt", calibrator={"type": "temperature", "temperature": 2.0})
+
+
 def test_an_unknown_abstain_policy_is_rejected() -> None:
     with pytest.raises(ValueError):
         Profile("m", abstain="sometimes")
