@@ -21,6 +21,7 @@ from service.store.records import (
     FeedbackRecord,
     FeedbackResult,
     KeyRecord,
+    LabeledPrediction,
     PredictionRecord,
     ProfileVersion,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "InvalidFeedback",
     "KeyNotFound",
     "KeyRecord",
+    "LabeledPrediction",
     "PredictionNotFound",
     "PredictionRecord",
     "PredictionWriter",

@@ -102,3 +102,14 @@ class ProfileVersion:
     created_at: datetime
     activated_at: datetime | None
     profile: Any  # calibrators.Profile
+
+
+@dataclass(frozen=True)
+class LabeledPrediction:
+    """A prediction joined with its feedback: one training/evaluation item for the refit."""
+
+    prediction: PredictionRecord
+    correct: bool
+    label: str | None
+    true_index: int | None
+    labeled_at: datetime

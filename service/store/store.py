@@ -16,6 +16,7 @@ import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -42,6 +43,7 @@ from service.store.records import (
     FeedbackRecord,
     FeedbackResult,
     KeyRecord,
+    LabeledPrediction,
     PredictionRecord,
     ProfileVersion,
     utcnow,
@@ -237,6 +239,41 @@ class Store:
             key_id=row["key_id"],
             created_at=row["created_at"],
         )
+
+    def labeled_predictions(
+        self,
+        model: str,
+        task: str | None = "default",
+        *,
+        since: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[LabeledPrediction]:
+        """Predictions of `model` (and `task`; None: every task) that have feedback, newest
+        labels first; `since` keeps labels given at or after that time."""
+        query = (
+            sa.select(_P, _F.c.correct, _F.c.label, _F.c.true_index, _F.c.created_at.label("at"))
+            .join(_F, _F.c.prediction_id == _P.c.id)
+            .where(_P.c.model == model)
+            .order_by(_F.c.created_at.desc(), _P.c.id)
+        )
+        if task is not None:
+            query = query.where(_P.c.task == task)
+        if since is not None:
+            query = query.where(_F.c.created_at >= since)
+        if limit is not None:
+            query = query.limit(limit)
+        with self._tx() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [
+            LabeledPrediction(
+                prediction=_prediction_from_row(row),
+                correct=row["correct"],
+                label=row["label"],
+                true_index=row["true_index"],
+                labeled_at=row["at"],
+            )
+            for row in rows
+        ]
 
     # ---------------------------------------------------------------- API keys
 

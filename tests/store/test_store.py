@@ -323,3 +323,30 @@ def test_profiles_are_kept_per_model_and_task(store: Store) -> None:
     assert store.active_profile("qwen").threshold == 0.9
     assert store.active_profile("qwen").version == 1
     assert store.profile_models() == [("gemma", "ocr"), ("qwen", "default")]
+
+
+# ------------------------------------------------------------------ refit input
+
+
+def test_labeled_predictions_join_feedback(store: Store, make_prediction) -> None:
+    labeled = make_prediction(answer="A")
+    other_task = make_prediction(task="ocr")
+    other_model = make_prediction(model="qwen")
+    unlabeled = make_prediction()
+    store.insert_predictions([labeled, other_task, other_model, unlabeled])
+    store.record_feedback(
+        [
+            FeedbackItem(labeled.id, label="C"),
+            FeedbackItem(other_task.id, correct=True),
+            FeedbackItem(other_model.id, correct=True),
+        ],
+        "acme",
+        False,
+    )
+    [item] = store.labeled_predictions("gemma-3-270m")
+    assert item.prediction == labeled
+    assert (item.correct, item.label, item.true_index) == (False, "C", 2)
+    assert len(store.labeled_predictions("gemma-3-270m", None)) == 2
+    assert store.labeled_predictions("gemma-3-270m", since=item.labeled_at) == [item]
+    later = datetime(2100, 1, 1, tzinfo=UTC)
+    assert store.labeled_predictions("gemma-3-270m", since=later) == []

@@ -150,3 +150,19 @@ async def test_non_finite_and_numpy_features_are_stored_portably(store: Store, m
     stored = store.get_prediction(record.id)
     assert stored is not None
     assert stored.features == {"option_logprobs": [-0.1, None, -2.5], "n": 3}
+
+
+async def test_close_gives_up_on_a_dead_store_and_counts_the_loss(locked_sqlite, make_prediction):
+    store, locker = locked_sqlite
+    writer = PredictionWriter(store, flush_interval_s=0.01, close_timeout_s=0.3)
+    await writer.start()
+    locker.execute("BEGIN EXCLUSIVE")
+    for _ in range(10):
+        writer.submit(make_prediction())
+    start = time.monotonic()
+    await writer.close()
+    assert time.monotonic() - start < 3
+    assert (writer.pending, writer.dropped, writer.written) == (0, 10, 0)
+    writer.submit(make_prediction())  # after close: counted, not raised
+    assert writer.dropped == 11
+    locker.execute("ROLLBACK")
