@@ -54,16 +54,16 @@ def start_gateway(upstream: str, db_path: Path, **overrides: object) -> Gateway:
     from service.app import create_app
     from service.settings import load_settings
 
-    settings = load_settings(
-        upstream=upstream,
-        db=f"sqlite:///{db_path}",
-        data_dir=db_path.parent,
-        upstream_timeout_s=UPSTREAM_TIMEOUT_S,
-        upstream_connect_timeout_s=1.0,
-        max_body_bytes=MAX_BODY_BYTES,
-        models=GATEWAY_MODELS,
-        **overrides,
-    )
+    values: dict[str, object] = {
+        "upstream": upstream,
+        "db": f"sqlite:///{db_path}",
+        "data_dir": db_path.parent,
+        "upstream_timeout_s": UPSTREAM_TIMEOUT_S,
+        "upstream_connect_timeout_s": 1.0,
+        "max_body_bytes": MAX_BODY_BYTES,
+        "models": GATEWAY_MODELS,
+    }
+    settings = load_settings(**{**values, **overrides})
     app = create_app(settings)
     server = ServerThread(app).start()
     return Gateway(server.url, app, server)

@@ -486,3 +486,51 @@ def _default(path: str, body: dict[str, Any]) -> Any:
     if legacy:
         return JSONReply(completion_response(steps, model=model, text="Paris."))
     return JSONReply(chat_response(steps, model=model, content="Paris."))
+
+
+def _bench_reply(tokens: int, top: int) -> Callable[[str, dict], Any]:
+    """A fixed realistic answer: `tokens` generated tokens with `top` alternatives each."""
+    steps: list[Step] = [
+        (
+            f" t{i}",
+            -0.1 * (i + 1),
+            [(f" t{i}" if j == 0 else f" a{j}", -0.1 * (i + 1) - j) for j in range(top)],
+        )
+        for i in range(tokens)
+    ]
+    steps[0] = (
+        " B",
+        -0.3,
+        [(" B", -0.3), (" A", -1.5), (" C", -2.5), (" D", -3.5), *steps[0][2][4:]],
+    )
+
+    def reply(path: str, body: dict) -> Any:
+        model = body.get("model", "test-model")
+        if path == "/v1/completions":
+            return JSONReply(completion_response(steps, model=model))
+        if body.get("stream"):
+            return StreamReply(chat_stream(steps, model=model))
+        return JSONReply(chat_response(steps, model=model))
+
+    return reply
+
+
+if __name__ == "__main__":  # python -m tests.upstream_double --port N (used by benchmarks)
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Serve the upstream double (benchmarks).")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--tokens", type=int, default=8)
+    parser.add_argument("--top", type=int, default=20)
+    args = parser.parse_args()
+    double = UpstreamDouble()
+    double.reply = _bench_reply(args.tokens, args.top)
+    uvicorn.run(
+        double._app,
+        host="127.0.0.1",
+        port=args.port,
+        interface="asgi3",
+        log_level="warning",
+        loop="uvloop",
+        http="httptools",
+    )

@@ -1,0 +1,173 @@
+"""The gateway in front of the real engine (vLLM CPU + Gemma 3 270M): the full request path.
+
+Chat and completions, streamed and not, options and sequence mode, and a feedback round trip,
+all through a real uvicorn server of our app. The small model's answers are not asserted (it is
+not a good multiple-choice model); what is asserted is that the real engine's logprobs are
+scored and calibrated, and that the answer and its prediction record line up.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.conftest import start_gateway
+from tests.integration.conftest import ENGINE_TEST_TIMEOUT_S, RunningEngine
+
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(ENGINE_TEST_TIMEOUT_S)]
+
+FEW_SHOT = (
+    "Question: Is fire hot? A) yes B) no\nAnswer: A\n\n"
+    "Question: Is ice hot? A) yes B) no\nAnswer: B\n\n"
+    "Question: Is the sun hot? A) yes B) no\nAnswer:"
+)
+OPTIONS = {"options": ["A", "B"]}
+
+
+@pytest.fixture(scope="module")
+def gw(engine: RunningEngine, tmp_path_factory) -> Iterator[httpx.Client]:
+    gateway = start_gateway(
+        engine.base_url,
+        tmp_path_factory.mktemp("gw-engine") / "calib.db",
+        upstream_timeout_s=120.0,
+    )
+    try:
+        with httpx.Client(base_url=gateway.url, timeout=180) as client:
+            yield client
+    finally:
+        gateway.server.stop()
+
+
+def _sse(response: httpx.Response) -> list:
+    return [
+        line[6:] if line[6:] == "[DONE]" else json.loads(line[6:])
+        for line in response.iter_lines()
+        if line.startswith("data: ")
+    ]
+
+
+def test_completions_options_mode(gw: httpx.Client, engine: RunningEngine) -> None:
+    r = gw.post(
+        "/v1/completions",
+        json={
+            "model": engine.model,
+            "prompt": FEW_SHOT,
+            "max_tokens": 2,
+            "temperature": 0,
+            "calibration": OPTIONS,
+        },
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    cal = body["calibration"]
+    assert cal["mode"] == "options" and cal["method"] == "none"
+    assert cal["answer"] in ("A", "B"), body["choices"][0]["text"]
+    assert 0.5 <= cal["confidence"] <= 1.0  # the greedy choice of two options
+    assert sum(cal["option_probs"].values()) == pytest.approx(1.0)
+    assert body["choices"][0]["logprobs"] is None  # not asked for, not returned
+    assert float(r.headers["x-calibration-confidence"]) == cal["confidence"]
+
+
+def test_completions_stream_options_mode(gw: httpx.Client, engine: RunningEngine) -> None:
+    body = {
+        "model": engine.model,
+        "prompt": FEW_SHOT,
+        "max_tokens": 2,
+        "temperature": 0,
+        "stream": True,
+        "calibration": OPTIONS,
+    }
+    with gw.stream("POST", "/v1/completions", json=body) as r:
+        assert r.status_code == 200
+        events = _sse(r)
+    assert events[-1] == "[DONE]"
+    assert events[-2]["calibration"]["answer"] in ("A", "B")
+
+
+def test_chat_sequence_mode(gw: httpx.Client, engine: RunningEngine) -> None:
+    r = gw.post(
+        "/v1/chat/completions",
+        json={
+            "model": engine.model,
+            "max_tokens": 8,
+            "temperature": 0,
+            "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        },
+    )
+    assert r.status_code == 200, r.text
+    cal = r.json()["calibration"]
+    assert cal["mode"] == "sequence"
+    assert 0.0 < cal["confidence"] <= 1.0
+    assert cal["confidence"] == cal["raw_confidence"]
+
+
+def test_chat_options_mode_and_client_logprobs(gw: httpx.Client, engine: RunningEngine) -> None:
+    r = gw.post(
+        "/v1/chat/completions",
+        json={
+            "model": engine.model,
+            "max_tokens": 3,
+            "temperature": 0,
+            "logprobs": True,
+            "top_logprobs": 2,
+            "calibration": OPTIONS,
+            "messages": [{"role": "user", "content": FEW_SHOT}],
+        },
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    for step in body["choices"][0]["logprobs"]["content"]:
+        assert len(step["top_logprobs"]) == 2  # the gateway asked for 20, the client for 2
+    cal = body["calibration"]
+    assert cal["mode"] == "options"
+    assert cal["confidence"] is not None or cal["reason"] == "answer_names_no_option"
+
+
+def test_chat_stream_sequence_mode(gw: httpx.Client, engine: RunningEngine) -> None:
+    body = {
+        "model": engine.model,
+        "max_tokens": 8,
+        "temperature": 0,
+        "stream": True,
+        "messages": [{"role": "user", "content": "Say hello."}],
+    }
+    with gw.stream("POST", "/v1/chat/completions", json=body) as r:
+        assert r.status_code == 200
+        events = _sse(r)
+    assert events[-1] == "[DONE]"
+    cal = events[-2]["calibration"]
+    assert 0.0 < cal["confidence"] <= 1.0
+    deltas = [e for e in events[:-2] if e.get("choices")]
+    assert all(e["choices"][0].get("logprobs") is None for e in deltas)
+
+
+def test_feedback_round_trip(gw: httpx.Client, engine: RunningEngine) -> None:
+    r = gw.post(
+        "/v1/completions",
+        json={
+            "model": engine.model,
+            "prompt": FEW_SHOT,
+            "max_tokens": 2,
+            "temperature": 0,
+            "calibration": OPTIONS,
+        },
+    )
+    cal = r.json()["calibration"]
+    fb = gw.post("/v1/feedback", json={"id": cal["id"], "label": "A"})
+    assert fb.status_code == 200, fb.text
+    assert fb.json()["correct"] is (cal["answer"] == "A")
+    stored = gw.get(f"/v1/feedback/{cal['id']}")
+    assert stored.status_code == 200 and stored.json()["label"] == "A"
+    assert gw.post("/v1/feedback", json={"id": cal["id"], "label": "B"}).status_code == 409
+
+
+def test_unknown_model_is_the_engines_404(gw: httpx.Client) -> None:
+    r = gw.post(
+        "/v1/chat/completions",
+        json={"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]},
+    )
+    assert r.status_code == 404
+    assert r.json()["error"]["message"]
