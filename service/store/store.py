@@ -16,7 +16,7 @@ import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -59,6 +59,7 @@ _P = schema.predictions
 _F = schema.feedback
 _K = schema.api_keys
 _PR = schema.profiles
+_L = schema.leases
 
 
 def hash_key(plaintext: str) -> str:
@@ -446,6 +447,40 @@ class Store:
                 .values(active=True, activated_at=utcnow())
             )
         return _profile_cls().from_dict(data)
+
+    # ---------------------------------------------------------------- leases
+
+    def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Take (or extend) the lease `name` for `ttl_s` seconds; False if someone else holds
+        an unexpired one. Works across replicas; a crashed holder's lease simply expires."""
+        now = utcnow()
+        expires = now + timedelta(seconds=ttl_s)
+        try:
+            with self._tx(write=True) as conn:
+                taken = conn.execute(
+                    sa.update(_L)
+                    .where(_L.c.name == name, sa.or_(_L.c.holder == holder, _L.c.expires_at <= now))
+                    .values(holder=holder, acquired_at=now, expires_at=expires)
+                ).rowcount
+                if taken:
+                    return True
+                if conn.execute(sa.select(_L.c.name).where(_L.c.name == name)).first():
+                    return False
+                conn.execute(
+                    sa.insert(_L).values(
+                        name=name, holder=holder, acquired_at=now, expires_at=expires
+                    )
+                )
+                return True
+        except StoreError as error:
+            if isinstance(error.__cause__, sa_exc.IntegrityError):
+                return False  # another holder inserted it first
+            raise
+
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give the lease up (only if `holder` still holds it)."""
+        with self._tx(write=True) as conn:
+            conn.execute(sa.delete(_L).where(_L.c.name == name, _L.c.holder == holder))
 
     # ---------------------------------------------------------------- internals
 

@@ -12,7 +12,7 @@ from alembic.migration import MigrationContext
 from service.store import Store
 from service.store.schema import metadata
 
-TABLES = {"predictions", "feedback", "profiles", "api_keys", "alembic_version"}
+TABLES = {"predictions", "feedback", "profiles", "api_keys", "leases", "alembic_version"}
 
 
 def test_open_creates_every_table(store: Store) -> None:
@@ -62,3 +62,18 @@ def test_bare_postgresql_url_uses_psycopg() -> None:
     from service.store.engine import normalize_url
 
     assert normalize_url("postgresql://u@h/db").drivername == "postgresql+psycopg"
+
+
+def test_an_older_database_is_upgraded_in_place(store_url: str, make_prediction) -> None:
+    from service.store.engine import create_store_engine, migrate
+
+    engine = create_store_engine(store_url)
+    migrate(engine, "0001")  # a database created by the first release
+    old = Store(engine)
+    old.insert_predictions([make_prediction(id="from-0001")])
+    assert "leases" not in sa.inspect(engine).get_table_names()
+    engine.dispose()
+    upgraded = Store.open(store_url)
+    assert upgraded.get_prediction("from-0001") is not None
+    assert upgraded.acquire_lease("x", "me", 1)
+    upgraded.close()

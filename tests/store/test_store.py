@@ -350,3 +350,29 @@ def test_labeled_predictions_join_feedback(store: Store, make_prediction) -> Non
     assert store.labeled_predictions("gemma-3-270m", since=item.labeled_at) == [item]
     later = datetime(2100, 1, 1, tzinfo=UTC)
     assert store.labeled_predictions("gemma-3-270m", since=later) == []
+
+
+# ------------------------------------------------------------------ leases
+
+
+def test_a_lease_has_one_holder_until_released_or_expired(store: Store) -> None:
+    assert store.acquire_lease("refit:gemma", "replica-1", ttl_s=60)
+    assert not store.acquire_lease("refit:gemma", "replica-2", ttl_s=60)
+    assert store.acquire_lease("refit:gemma", "replica-1", ttl_s=60)  # renew
+    assert store.acquire_lease("refit:qwen", "replica-2", ttl_s=60)  # other name
+    store.release_lease("refit:gemma", "replica-2")  # not the holder: no effect
+    assert not store.acquire_lease("refit:gemma", "replica-2", ttl_s=60)
+    store.release_lease("refit:gemma", "replica-1")
+    assert store.acquire_lease("refit:gemma", "replica-2", ttl_s=-1)  # already expired
+    assert store.acquire_lease("refit:gemma", "replica-3", ttl_s=60)
+
+
+def test_racing_for_a_lease_has_one_winner(store_url: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    stores = [Store.open(store_url) for _ in range(4)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        won = list(pool.map(lambda i: stores[i].acquire_lease("job", f"r{i}", 60), range(4)))
+    assert sum(won) == 1
+    for s in stores:
+        s.close()
