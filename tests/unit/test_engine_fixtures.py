@@ -108,3 +108,98 @@ def test_option_scores_are_consistent_with_the_generated_tokens(
     real = [lp for lp, cut in zip(score.option_logprobs, score.truncated, strict=True) if not cut]
     if len(labels) == len(options):
         assert sum(math.exp(lp) for lp in real) <= 1.0 + 1e-6
+
+
+# --- Specific recorded responses (see tests/fixtures/engine/README.md) ------------------------
+
+
+def _load(name: str) -> dict:
+    path = FIXTURES / f"{name}.json"
+    if not path.exists():
+        pytest.skip(f"fixture {name} not recorded")
+    return json.loads(path.read_text())["response"]["choices"][0]
+
+
+def _oracle_option_logprobs(top: list[tuple[str, float]], options: list[str]) -> np.ndarray:
+    """Log-sum-exp of the listed tokens whose text, stripped of ' ()\\n.:', is the label."""
+    out = []
+    for option in options:
+        lps = [lp for token, lp in top if token.strip(" ()\n.:") == option]
+        out.append(np.logaddexp.reduce(lps) if lps else min(lp for _, lp in top))
+    return np.array(out)
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "answer"),
+    [
+        ("chat_options", ["A", "B", "C", "D"], "A"),
+        ("completion_options", ["A", "B", "C", "D"], "B"),
+        ("completion_idk_options", ["A", "B", "C", "D", "E"], "B"),
+    ],
+)
+def test_recorded_option_answers_match_an_independent_reading(
+    name: str, options: list[str], answer: str
+) -> None:
+    choice = _load(name)
+    logprobs = choice["logprobs"]
+    if "content" in logprobs:
+        step = logprobs["content"][0]
+        top = [(t["token"], t["logprob"]) for t in step["top_logprobs"]]
+    else:
+        top = list(logprobs["top_logprobs"][0].items())
+    score = score_options(logprobs, options)
+    assert score.answer == answer
+    assert score.position == 0
+    expected = _oracle_option_logprobs(top, options)
+    np.testing.assert_allclose(score.option_logprobs, expected, rtol=1e-12)
+    probs = np.exp(expected) / np.exp(expected).sum()
+    assert score.raw_confidence == pytest.approx(probs[options.index(answer)])
+
+
+def test_cyrillic_look_alikes_are_not_latin_option_letters() -> None:
+    # Gemma lists Cyrillic U+0410 and U+0412 next to "A" and "B" at the answer position.
+    choice = _load("chat_options")
+    tokens = [t["token"] for t in choice["logprobs"]["content"][0]["top_logprobs"]]
+    assert "\u0410" in tokens
+    score = score_options(choice["logprobs"], ["A", "B", "C", "D"])
+    a_entries = [
+        t["logprob"] for t in choice["logprobs"]["content"][0]["top_logprobs"] if t["token"] == "A"
+    ]
+    assert score.option_logprobs[0] == pytest.approx(a_entries[0])
+
+
+def test_recorded_zero_shot_answer_without_an_option_label_has_no_answer() -> None:
+    score = score_options(_load("chat_options_zero_shot")["logprobs"], ["A", "B", "C", "D"])
+    assert score.answer is None
+
+
+def test_recorded_free_form_city_scores_as_an_arbitrary_string_option() -> None:
+    choice = _load("completion_freeform_right")
+    score = score_options(choice["logprobs"], [" Paris", " London", " Geneva", " Oslo"])
+    top = choice["logprobs"]["top_logprobs"][0]
+    assert score.answer == " Paris"
+    assert score.option_logprobs[:3] == pytest.approx(
+        (top[" Paris"], top[" London"], top[" Geneva"])
+    )
+    assert score.truncated == (False, False, False, True)
+    assert score.option_logprobs[3] == pytest.approx(min(top.values()))
+
+
+def test_recorded_multi_token_answer_is_located_by_its_first_token() -> None:
+    choice = _load("completion_freeform_wrong")
+    score = score_options(choice["logprobs"], ["Asunción", "Buenos Aires", "Montevideo"])
+    top = choice["logprobs"]["top_logprobs"][0]
+    assert score.answer == "Buenos Aires"
+    assert score.position == 0
+    assert score.option_logprobs[1:] == pytest.approx((top[" Buenos"], top[" Montevideo"]))
+    # " A" is listed and could start "Asunción": a first-token variant by the prefix rule.
+    assert score.option_logprobs[0] == pytest.approx(top[" A"])
+    assert score.truncated == (False, False, False)
+
+
+def test_recorded_right_free_form_answer_is_more_confident_than_the_wrong_one() -> None:
+    right = score_sequence(_load("completion_freeform_right")["logprobs"])
+    wrong = score_sequence(_load("completion_freeform_wrong")["logprobs"])
+    assert right.raw_confidence > wrong.raw_confidence
+    lps = _load("completion_freeform_right")["logprobs"]["token_logprobs"]
+    assert right.raw_confidence == pytest.approx(math.exp(sum(lps) / len(lps)))
