@@ -18,12 +18,23 @@ position is the first token whose normalized text
 2. is a non-empty *proper prefix* of exactly one option's normalized label (the first token of a
    multi-token option such as " Burk" for "Burkina Faso").
 
+An exact label wins over a prefix (with options "A" and "All of the above", the token "A" is
+option "A"). Rule 2 is what makes string options work without the model's tokenizer; its price
+is that a word which happens to start exactly one option ("I" for "Italy") is taken as the answer,
+so prompts should make the model answer first.
+
 At that position a top-logprob entry is a *variant* of an option under the same two rules, except
 that a prefix shared by several options counts for every one of them: options whose first tokens
 collide (" Bur" for "Burkina Faso" and "Burundi") are scored together, since one position cannot
-tell them apart. An option's logprob is the log-sum-exp of its variants (the sampled token
-included, even if the engine left it out of ``top_logprobs``). An option with no variant gets the
-smallest listed top-K logprob, an upper bound on its true logprob, and is flagged ``truncated``.
+tell them apart. Short prefixes count too (" A" for "Asunción"): like the floor below, an option's
+score errs upwards, never downwards. An option's logprob is the log-sum-exp of its variants (the
+sampled token included, even if the engine left it out of ``top_logprobs``). An option with no
+variant gets the smallest listed top-K logprob, an upper bound on its true logprob, and is flagged
+``truncated``; without any top-K list the bound is ``log(1 - p_sampled)``.
+
+Sequence mode uses every generated token that has a logprob, including a stop token the engine
+reports but strips from the text (vLLM does with a newline stop string): "the answer ends here"
+is part of the answer's probability.
 """
 
 from __future__ import annotations
