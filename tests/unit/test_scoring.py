@@ -261,3 +261,17 @@ def test_sequence_score_is_mean_and_min_of_token_logprobs() -> None:
 
 def test_sequence_score_of_no_tokens_has_no_confidence() -> None:
     assert SequenceScore(None, None, 0).raw_confidence is None
+
+
+def test_an_exact_label_wins_over_a_prefix_of_a_longer_option() -> None:
+    content = [chat_step("A", -0.4, {"A": -0.4, "All": -1.5, "B": -2.0})]
+    score = score_options(content, ["A", "B", "All of the above"])
+    assert score.answer == "A"
+    assert score.option_logprobs == pytest.approx((-0.4, -2.0, -1.5))
+
+
+def test_without_a_top_k_list_absent_options_are_bounded_by_the_mass_left_over() -> None:
+    content = [{"token": "B", "logprob": math.log(0.7), "top_logprobs": []}]
+    score = score_options(content, ["A", "B"])
+    assert score.option_logprobs == pytest.approx((math.log(0.3), math.log(0.7)))
+    assert score.truncated == (True, False)
