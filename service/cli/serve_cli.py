@@ -29,6 +29,7 @@ def serve(
 ) -> None:
     """Serve the calibration gateway (OpenAI-compatible API on /v1)."""
     import uvicorn
+    from pydantic import ValidationError
 
     from service.settings import load_settings
 
@@ -41,7 +42,11 @@ def serve(
         "workers": workers,
         "insecure": insecure,
     }
-    settings = load_settings(**overrides)
+    try:
+        settings = load_settings(**overrides)
+    except (ValidationError, FileNotFoundError) as error:
+        typer.echo(f"calib serve: invalid settings:\n{error}", err=True)
+        raise typer.Exit(2) from None
     loop = _best("uvloop", "uvloop", "asyncio")
     http = _best("httptools", "httptools", "h11")
     if settings.workers > 1:

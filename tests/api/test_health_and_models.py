@@ -86,7 +86,24 @@ def test_calib_serve_starts_a_working_gateway(double, tmp_path):
     assert proc.returncode == 0 or proc.returncode == -15
 
 
+def test_calib_serve_rejects_invalid_settings_cleanly(tmp_path):
+    env = {**os.environ, "CALIB_DATA_DIR": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "clients.cli", "serve", "--port", "0"],
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert b"invalid settings" in proc.stderr and b"Traceback" not in proc.stderr
+
+
 def test_calib_serve_refuses_public_bind_without_keys(double, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     env = {**os.environ, "CALIB_DATA_DIR": str(tmp_path)}
     proc = subprocess.run(
         [
@@ -97,7 +114,7 @@ def test_calib_serve_refuses_public_bind_without_keys(double, tmp_path):
             "--host",
             "0.0.0.0",
             "--port",
-            "0",
+            str(port),
             "--upstream",
             double.base_url,
             "--db",
@@ -108,3 +125,5 @@ def test_calib_serve_refuses_public_bind_without_keys(double, tmp_path):
         timeout=60,
     )
     assert proc.returncode != 0
+    output = (proc.stdout + proc.stderr).decode()
+    assert "--insecure" in output  # refused for the right reason, and says how to override
