@@ -82,6 +82,16 @@ class Question:
     def from_json(cls, record: dict[str, object]) -> Question:
         return cls(**record)  # type: ignore[arg-type]
 
+    @property
+    def cloze_prompt(self) -> str:
+        """The few-shot cloze prompt for this question's subject (any form).
+
+        For scoring `choices` as answer strings with a base model: send
+        ``cloze_prompt + " " + choice + "\\n"`` with ``echo=true, logprobs=0`` and sum the logprobs
+        of the appended tokens; the softmax over choices is the option distribution.
+        """
+        return f"{_CLOZE_SHOTS}Q: What is the capital of {self.subject}?\nA:"
+
     def is_correct(self, text: str) -> bool:
         """Grade a model's answer text: option label for option forms, capital for cloze."""
         if self.options:

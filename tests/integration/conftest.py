@@ -47,3 +47,4 @@ def engine() -> Iterator[RunningEngine]:
         yield RunningEngine(info.base_url, info.served_model_name)
     finally:
         embedded.stop(layout, info.port)
+        layout.log_file(info.port).unlink(missing_ok=True)  # random port: do not pile up logs
