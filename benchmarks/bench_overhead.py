@@ -9,7 +9,8 @@ inject, forward over a pooled connection, score, calibrate, record, serialize.
 
 Prints, per concurrency: p50/p99 latency direct and through the gateway, the added latency
 (difference of the percentiles) and the throughput ratio (gateway / direct). The numbers depend
-on the machine and on what else runs on it (a vLLM engine on the same cores, for instance).
+on the machine and on what else runs on it (a vLLM engine on the same cores, for instance); the
+last column, the gateway process's CPU time per request, is the steadiest of them.
 """
 
 from __future__ import annotations
@@ -78,12 +79,26 @@ async def _load(url: str, body: dict, n: int, concurrency: int) -> tuple[list[fl
                 t0 = time.perf_counter()
                 response = await client.post(url, json=body)
                 latencies.append(time.perf_counter() - t0)
-                response.raise_for_status()
+                if response.status_code != 200:
+                    raise RuntimeError(f"{url}: HTTP {response.status_code}: {response.text}")
 
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - start
     return latencies, n / elapsed
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc; 0.0 elsewhere).
+
+    CPU per request is the number that survives a noisy machine: wall-clock latency on shared
+    cores measures the neighbours as much as the gateway.
+    """
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -130,9 +145,12 @@ def main() -> None:
         rows = []
         for c in args.concurrency:
             n = max(args.requests if c > 1 else args.requests // 4, 4 * c)
+            print(f"concurrency {c}: {n} requests direct, then through the gateway", flush=True)
             d_lat, d_rps = asyncio.run(_load(direct_url, DIRECT_BODY, n, c))
+            cpu0 = _cpu_seconds(gateway.pid)
             g_lat, g_rps = asyncio.run(_load(gateway_url, BODY, n, c))
-            rows.append((c, n, d_lat, d_rps, g_lat, g_rps))
+            cpu_ms = (_cpu_seconds(gateway.pid) - cpu0) / (n + min(50, n)) * 1000
+            rows.append((c, n, d_lat, d_rps, g_lat, g_rps, cpu_ms))
     finally:
         for proc in (gateway, double):
             proc.terminate()
@@ -145,16 +163,16 @@ def main() -> None:
     head = (
         f"{'conc':>4} {'reqs':>5} | {'direct p50':>10} {'p99':>7} | {'gateway p50':>11} "
         f"{'p99':>7} | {'added p50':>9} {'p99':>7} | {'rps direct':>10} {'gateway':>8} "
-        f"{'ratio':>6}"
+        f"{'ratio':>6} | {'gw CPU/req':>10}"
     )
     print(head)
     print("-" * len(head))
-    for c, n, d_lat, d_rps, g_lat, g_rps in rows:
+    for c, n, d_lat, d_rps, g_lat, g_rps, cpu_ms in rows:
         d50, d99, g50, g99 = _pct(d_lat, 50), _pct(d_lat, 99), _pct(g_lat, 50), _pct(g_lat, 99)
         print(
             f"{c:>4} {n:>5} | {d50:>8.2f}ms {d99:>5.1f}ms | {g50:>9.2f}ms {g99:>5.1f}ms | "
             f"{g50 - d50:>7.2f}ms {g99 - d99:>5.1f}ms | {d_rps:>10.0f} {g_rps:>8.0f} "
-            f"{g_rps / d_rps:>6.2f}"
+            f"{g_rps / d_rps:>6.2f} | {cpu_ms:>8.2f}ms"
         )
 
 
