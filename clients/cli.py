@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import typer
 
+from clients import demo_cli
 from service.cli import engine_cli, keys_cli, serve_cli
 
 app = typer.Typer(
@@ -21,6 +22,7 @@ app = typer.Typer(
 app.add_typer(engine_cli.app, name="engine")
 app.add_typer(keys_cli.app, name="keys")
 app.command("serve")(serve_cli.serve)
+app.command("demo")(demo_cli.demo)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,108 @@
+"""The demo's two calibration tasks, built from the real-data question set.
+
+- ``mcq``: the capital among listed choices plus "I don't know", answered as a *string* by the base
+  model (few-shot completion). The gateway scores the listed choices at the answer position
+  (options mode) and temperature-scales them. Invented countries (unanswerable) are mixed in: the
+  right answer there is "I don't know", the IDK option.
+- ``cloze``: the capital, free-form (sequence mode, Platt/isotonic on exp(mean logprob)).
+
+The lettered prompts of the question set are left out: the 270M base model answers letters at
+chance (docs/datasets.md), which would make a dull demo of anything.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from service.datasets import build_question_set
+
+IDK_CHOICE = "I don't know"
+
+_MCQ_SHOTS = (
+    f"Q: What is the capital of Germany? (Munich, Berlin, Vienna, Hamburg, {IDK_CHOICE})\n"
+    "A: Berlin\n"
+    f"Q: What is the capital of Brelmoria? (Lima, Oslo, Dakar, Hanoi, {IDK_CHOICE})\n"
+    f"A: {IDK_CHOICE}\n"
+    f"Q: What is the capital of Japan? (Tokyo, Osaka, Seoul, Kyoto, {IDK_CHOICE})\nA: Tokyo\n"
+    f"Q: What is the capital of Canada? (Toronto, Vancouver, Montreal, Ottawa, {IDK_CHOICE})\n"
+    "A: Ottawa\n"
+)
+
+
+@dataclass(frozen=True)
+class DemoItem:
+    """One request the demo sends, with what it needs to grade and label the answer."""
+
+    id: str
+    task: str  # "mcq" or "cloze"
+    prompt: str
+    gold: str  # the right option string (mcq) or capital (cloze)
+    answerable: bool
+    options: list[str] | None = None
+    idk_option: str | None = None
+    aliases: tuple[str, ...] = ()
+    subject: str = ""
+
+    def is_correct(self, text: str, answer_option: str | None) -> bool:
+        """mcq: the option the gateway read from the answer; cloze: the normalized first line."""
+        if self.task == "mcq":
+            return answer_option == self.gold
+        from service.datasets.countries import normalize
+
+        lines = text.strip().splitlines()
+        first = normalize(lines[0] if lines else "")
+        return any(
+            first == normalize(t) or first.startswith(normalize(t) + " ")
+            for t in (self.gold, *self.aliases)
+        )
+
+
+def demo_items(seed: int, n: int) -> list[DemoItem]:
+    """`n` mcq questions about real countries, n/3 about invented ones, and `n` cloze questions."""
+    questions = build_question_set(seed=seed, n=n, forms=("options", "cloze"))
+    questions += build_question_set(seed=seed, n=max(1, n // 3), forms=("idk",))
+    items: list[DemoItem] = []
+    for q in questions:
+        if q.form == "cloze":
+            items.append(
+                DemoItem(
+                    id=q.id,
+                    task="cloze",
+                    prompt=q.cloze_prompt,
+                    gold=q.answer,
+                    answerable=True,
+                    aliases=tuple(q.aliases),
+                    subject=q.subject,
+                )
+            )
+            continue
+        choices = [c for c in (q.choices or []) if c != IDK_CHOICE] + [IDK_CHOICE]
+        gold = IDK_CHOICE if not q.answerable else q.choices[q.options.index(q.answer)]
+        prompt = _MCQ_SHOTS + f"Q: What is the capital of {q.subject}? ({', '.join(choices)})\nA:"
+        items.append(
+            DemoItem(
+                id=q.id,
+                task="mcq",
+                prompt=prompt,
+                gold=gold,
+                answerable=q.answerable,
+                options=choices,
+                idk_option=IDK_CHOICE,
+                subject=q.subject,
+            )
+        )
+    random.Random(seed).shuffle(items)
+    return items
+
+
+def split(items: list[DemoItem], train_fraction: float) -> tuple[list[DemoItem], list[DemoItem]]:
+    """Train (labels posted, refit) and held-out (answered after the refit) parts, per task."""
+    train: list[DemoItem] = []
+    test: list[DemoItem] = []
+    for task in ("mcq", "cloze"):
+        of_task = [item for item in items if item.task == task]
+        cut = int(len(of_task) * train_fraction)
+        train += of_task[:cut]
+        test += of_task[cut:]
+    return train, test
