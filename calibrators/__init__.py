@@ -20,35 +20,55 @@ from .metrics import (
 )
 from .platt import PlattScaler
 from .profile import Calibrated, Profile, apply_profile
+from .prompt_search import (
+    Candidate,
+    Evaluation,
+    ParaphraseCall,
+    SearchResult,
+    accuracy_bucket,
+    better,
+    normalize_prompt,
+    rank_key,
+    search_prompts,
+)
 from .scoring import OptionScore, SequenceScore, normalize_token, score_options, score_sequence
 from .temperature import TemperatureScaler, grid_search_temperature
 from .threshold import ThresholdChoice, select_threshold
 
 __all__ = [
     "Calibrated",
+    "Candidate",
+    "Evaluation",
     "IsotonicCalibrator",
     "OptionScore",
+    "ParaphraseCall",
     "PlattScaler",
     "Profile",
     "ReliabilityBin",
+    "SearchResult",
     "SequenceScore",
     "TemperatureScaler",
     "ThresholdChoice",
+    "accuracy_bucket",
     "apply_profile",
     "aurc",
     "auroc",
+    "better",
     "brier_score",
     "expected_calibration_error",
     "grid_search_temperature",
     "ks_statistic",
     "maximum_calibration_error",
     "negative_log_likelihood",
+    "normalize_prompt",
     "normalize_token",
     "population_stability_index",
+    "rank_key",
     "reliability_bins",
     "risk_coverage_curve",
     "score_options",
     "score_sequence",
+    "search_prompts",
     "select_threshold",
     "selective_risk_coverage",
 ]
