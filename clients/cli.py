@@ -10,7 +10,7 @@ from __future__ import annotations
 import typer
 
 from clients import demo_cli
-from service.cli import engine_cli, keys_cli, serve_cli
+from service.cli import engine_cli, keys_cli, refit_cli, serve_cli
 
 app = typer.Typer(
     name="calib",
@@ -22,6 +22,8 @@ app = typer.Typer(
 app.add_typer(engine_cli.app, name="engine")
 app.add_typer(keys_cli.app, name="keys")
 app.command("serve")(serve_cli.serve)
+app.command("refit")(refit_cli.refit)
+app.add_typer(refit_cli.app, name="profile")
 app.command("demo")(demo_cli.demo)
 
 

@@ -23,11 +23,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from service import metrics
 from service.auth import check_open_mode
 from service.body_limit import BodyLimitMiddleware
+from service.calibration_health import make_calibration_source
 from service.errors import install_error_handlers
 from service.profiles import ProfileCache
-from service.routes import feedback, health, proxy
+from service.refit import RefitRunner, RefitScheduler
+from service.routes import calibration, feedback, health, proxy
 from service.routes import metrics as metrics_routes
 from service.settings import Settings, load_settings
 from service.store import PredictionWriter, Store
@@ -53,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = await asyncio.to_thread(Store.open, settings.database_url)
         writer = None
         upstream = None
+        runner = scheduler = None
         try:
             warning = await _maybe_await(await asyncio.to_thread(check_open_mode, settings, store))
             if warning:
@@ -62,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 flush_interval_s=settings.prediction_flush_interval_s,
                 batch_size=settings.prediction_batch_size,
                 buffer_limit=settings.prediction_buffer_limit,
+                on_flush=metrics.sync_prediction_writer,
             )
             await writer.start()
             upstream = Upstream(settings)
@@ -71,6 +76,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.prediction_writer = writer  # read by /metrics
             app.state.profiles = ProfileCache(store)
             app.state.upstream = upstream
+            # --- refit and calibration health (docs/refit.md, docs/metrics.md) ---
+            runner = RefitRunner(store, settings, profiles=app.state.profiles, state=app.state)
+            app.state.refit_runner = runner
+            app.state.calibration_source = make_calibration_source(store)
+            if settings.refit_enabled:
+                scheduler = RefitScheduler(store, runner, settings)
+                scheduler.start()
+            app.state.refit_scheduler = scheduler
+            # --- end refit ---
             logger.info(
                 "gateway ready: upstream %s, store %s",
                 settings.upstream,
@@ -78,6 +92,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
             yield
         finally:
+            if scheduler is not None:
+                await scheduler.stop()
+            if runner is not None:
+                await runner.aclose()
             if writer is not None:
                 try:
                     await writer.close()
@@ -102,6 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(feedback.router)
     app.include_router(health.router)
     app.include_router(metrics_routes.router)
+    app.include_router(calibration.router)
     return app
 
 

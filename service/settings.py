@@ -43,6 +43,13 @@ class ModelConfig(BaseModel):
     options: list[str] | None = Field(None, description="Default answer options (options mode).")
     idk_option: str | None = Field(None, description="The option label that means 'I don't know'.")
     idk_message: str = Field("I don't know.", description="Content returned when abstaining.")
+    add_idk_option: bool = Field(
+        False, description="Add an 'I don't know' choice to options requests (docs/idk.md)."
+    )
+    idk_text: str = Field("I don't know", description="How the added IDK choice reads.")
+    idk_label: str | None = Field(
+        None, description="Label of the added IDK choice; default: next letter, or the text."
+    )
     abstain: AbstainPolicy = "annotate"
     system_prompt: str | None = None
     system_prompt_policy: SystemPromptPolicy = Field(
@@ -82,6 +89,37 @@ class Settings(BaseSettings):
     feedback_max_batch: int = Field(1000, ge=1, description="Most items per feedback request.")
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     default_model: ModelConfig = Field(default_factory=ModelConfig)
+
+    # --- refit (docs/refit.md); env CALIB_REFIT_* -------------------------------------------
+    refit_enabled: bool = Field(True, description="Run the in-process refit scheduler.")
+    refit_interval_s: float = Field(
+        3600.0, gt=0, description="Refit a (model, task) with new labels at least this often."
+    )
+    refit_new_labels: int = Field(
+        500, ge=1, description="Refit as soon as this many new labels arrived since the last."
+    )
+    refit_poll_s: float = Field(5.0, gt=0, description="How often the scheduler looks.")
+    refit_min_labels: int = Field(50, ge=2, description="Fewer labels: never activate.")
+    refit_holdout_fraction: float = Field(0.3, gt=0, lt=1)
+    refit_isotonic_min_labels: int = Field(1000, ge=2)
+    refit_threshold_method: Literal["ltt", "coverage"] = "ltt"
+    refit_target_risk: float = Field(0.1, gt=0, lt=1, description="LTT selective risk alpha.")
+    refit_delta: float = Field(0.1, gt=0, lt=1, description="LTT: holds w.p. 1 - delta.")
+    refit_target_coverage: float | None = Field(
+        None, ge=0, le=1, description="Threshold method `coverage`: fraction to answer."
+    )
+    refit_max_age_s: float | None = Field(
+        30 * 86400.0, gt=0, description="Rolling window: labels older than this are not used."
+    )
+    refit_max_labels: int = Field(
+        1_000_000, ge=2, description="Rolling window: at most the newest N labels."
+    )
+    refit_lease_ttl_s: float = Field(
+        600.0, gt=0, description="The refit lease expires this long after its last renewal."
+    )
+    refit_executor: Literal["process", "thread"] = Field(
+        "process", description="Where a refit runs: a worker process (default) or a thread."
+    )
 
     @field_validator("upstream")
     @classmethod

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.pg import pg_server, pg_url  # noqa: F401  (fixtures: a throwaway PostgreSQL)
 from tests.upstream_double import ServerThread, UpstreamDouble
 
 # Per-model configuration of the test gateway (docs/configuration.md explains each key).

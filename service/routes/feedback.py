@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
+from service import metrics
 from service.auth import Principal, authenticate
 from service.errors import APIError
 from service.store import FeedbackError, FeedbackItem, FeedbackResult, Store, StoreError
@@ -143,12 +144,23 @@ async def post_feedback(
             key_id=principal.key_id,
         )
     except FeedbackError as error:
+        metrics.observe_feedback(None, "rejected", len(items))  # the batch is atomic
         raise APIError(error.status, error.message, param=error.id, code=error.code) from None
     except StoreError as error:
         raise _unavailable(error) from None
+    _observe(results)
     if single:
         return _out(results[0])
     return {"object": "list", "data": [_out(result) for result in results]}
+
+
+def _observe(results: list[FeedbackResult]) -> None:
+    for result in results:
+        if result.status == "unchanged":
+            outcome = "unchanged"
+        else:
+            outcome = "correct" if result.correct else "incorrect"
+        metrics.observe_feedback(result.model, outcome)
 
 
 @router.get("/v1/feedback/{id}", summary="The feedback stored for one response id.")

@@ -22,7 +22,9 @@ from service.store.records import (
     FeedbackResult,
     KeyRecord,
     LabeledPrediction,
+    LabeledRow,
     PredictionRecord,
+    ProfileEvent,
     ProfileVersion,
 )
 from service.store.store import KEY_PREFIX, Store
@@ -41,9 +43,11 @@ __all__ = [
     "KeyNotFound",
     "KeyRecord",
     "LabeledPrediction",
+    "LabeledRow",
     "PredictionNotFound",
     "PredictionRecord",
     "PredictionWriter",
+    "ProfileEvent",
     "ProfileNotFound",
     "ProfileVersion",
     "Store",

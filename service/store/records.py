@@ -56,6 +56,7 @@ class FeedbackResult:
     label: str | None
     true_index: int | None
     status: FeedbackStatus
+    model: str | None = None  # the prediction's model (for the feedback metrics)
 
 
 @dataclass(frozen=True)
@@ -113,3 +114,42 @@ class LabeledPrediction:
     label: str | None
     true_index: int | None
     labeled_at: datetime
+
+
+@dataclass(frozen=True)
+class LabeledRow:
+    """The columns of one labeled prediction that a refit needs (lean: 1M of them fit in RAM
+    only as arrays, so `Store.labeled_rows` streams these and the caller packs them)."""
+
+    id: str
+    mode: str
+    raw_confidence: float | None
+    features: dict[str, Any]
+    correct: bool
+    true_index: int | None
+    labeled_at: datetime
+
+
+@dataclass
+class ProfileEvent:
+    """One entry of the profile audit log: a refit attempt, a manual edit or a rollback.
+
+    `status` for refits: running, activated, rejected, insufficient_labels, no_new_labels,
+    failed; manual edits and rollbacks are `activated`. `labels_until` is the newest label a
+    refit used (the scheduler counts new labels after it).
+    """
+
+    id: str
+    model: str
+    task: str
+    kind: str  # refit | manual | rollback
+    status: str
+    started_at: datetime
+    trigger: str | None = None
+    reason: str | None = None
+    version: int | None = None
+    n_labels: int | None = None
+    metrics: dict[str, Any] | None = None
+    holder: str | None = None
+    labels_until: datetime | None = None
+    finished_at: datetime | None = None

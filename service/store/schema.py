@@ -127,3 +127,26 @@ leases = sa.Table(
     sa.Column("acquired_at", UTCDateTime, nullable=False),
     sa.Column("expires_at", UTCDateTime, nullable=False),
 )
+
+# Audit log of profile changes: refit attempts (any outcome), manual edits and rollbacks.
+# Refit rows double as the status of an asynchronous refit (`GET /v1/calibration/refits/{id}`)
+# and as the "last refit" the scheduler and the metrics read (see docs/refit.md).
+profile_events = sa.Table(
+    "profile_events",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("model", sa.String(256), nullable=False),
+    sa.Column("task", sa.String(128), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("trigger", sa.String(32), nullable=True),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("version", sa.Integer, nullable=True),
+    sa.Column("n_labels", sa.Integer, nullable=True),
+    sa.Column("metrics", JSONType, nullable=True),
+    sa.Column("holder", sa.String(256), nullable=True),
+    sa.Column("labels_until", UTCDateTime, nullable=True),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("finished_at", UTCDateTime, nullable=True),
+    sa.Index(None, "model", "task", "started_at"),
+)

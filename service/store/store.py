@@ -44,7 +44,9 @@ from service.store.records import (
     FeedbackResult,
     KeyRecord,
     LabeledPrediction,
+    LabeledRow,
     PredictionRecord,
+    ProfileEvent,
     ProfileVersion,
     utcnow,
 )
@@ -60,6 +62,7 @@ _F = schema.feedback
 _K = schema.api_keys
 _PR = schema.profiles
 _L = schema.leases
+_E = schema.profile_events
 
 
 def hash_key(plaintext: str) -> str:
@@ -201,7 +204,7 @@ class Store:
                         f"Prediction {item.id!r} already has different feedback "
                         f"(correct={previous.correct}, label={previous.label!r}).",
                     )
-                results.append(_result(item.id, previous, "unchanged"))
+                results.append(_result(item.id, previous, "unchanged", prediction["model"]))
                 continue
             stored[item.id] = judgement
             new_rows.append(
@@ -215,7 +218,7 @@ class Store:
                     "created_at": now,
                 }
             )
-            results.append(_result(item.id, judgement, "created"))
+            results.append(_result(item.id, judgement, "created", prediction["model"]))
         if new_rows:
             conn.execute(sa.insert(_F), new_rows)
         return results
@@ -402,7 +405,7 @@ class Store:
 
     def profile_history(self, model: str, task: str = "default") -> list[ProfileVersion]:
         """All stored versions of (model, task), newest first."""
-        profile_cls = _profile_cls()
+        profile_cls = _profile_cls()  # once per call, not per row
         query = (
             sa.select(_PR)
             .where(_PR.c.model == model, _PR.c.task == task)
@@ -410,20 +413,7 @@ class Store:
         )
         with self._tx() as conn:
             rows = conn.execute(query).mappings().all()
-        return [
-            ProfileVersion(
-                model=row["model"],
-                task=row["task"],
-                version=row["version"],
-                active=row["active"],
-                reason=row["reason"],
-                metrics=row["metrics"],
-                created_at=row["created_at"],
-                activated_at=row["activated_at"],
-                profile=profile_cls.from_dict(row["data"]),
-            )
-            for row in rows
-        ]
+        return [_version_from_row(row, profile_cls) for row in rows]
 
     def profile_models(self) -> list[tuple[str, str]]:
         """Every (model, task) with at least one stored profile version."""
@@ -482,6 +472,179 @@ class Store:
         with self._tx(write=True) as conn:
             conn.execute(sa.delete(_L).where(_L.c.name == name, _L.c.holder == holder))
 
+    # ---------------------------------------------------------------- refit input, events
+
+    def labeled_rows(
+        self,
+        model: str,
+        task: str | None = "default",
+        *,
+        since: datetime | None = None,
+        limit: int | None = None,
+        batch_size: int = 20_000,
+    ) -> Iterator[list[LabeledRow]]:
+        """Like `labeled_predictions`, but only the columns a refit needs, streamed in batches
+        (newest labels first): a million labels never exist as a million full records."""
+        query = (
+            sa.select(
+                _P.c.id,
+                _P.c.mode,
+                _P.c.raw_confidence,
+                _P.c.features,
+                _F.c.correct,
+                _F.c.true_index,
+                _F.c.created_at,
+            )
+            .join(_F, _F.c.prediction_id == _P.c.id)
+            .where(_P.c.model == model)
+            .order_by(_F.c.created_at.desc(), _P.c.id)
+        )
+        if task is not None:
+            query = query.where(_P.c.task == task)
+        if since is not None:
+            query = query.where(_F.c.created_at >= since)
+        if limit is not None:
+            query = query.limit(limit)
+        with self._tx() as conn:
+            result = conn.execution_options(yield_per=batch_size).execute(query)
+            for partition in result.partitions():
+                yield [LabeledRow(*row) for row in partition]
+
+    def count_labels(
+        self, model: str, task: str | None = "default", *, after: datetime | None = None
+    ) -> int:
+        """Labeled predictions of (model, task) whose label came strictly after `after`."""
+        query = (
+            sa.select(sa.func.count())
+            .select_from(_F.join(_P, _F.c.prediction_id == _P.c.id))
+            .where(_P.c.model == model)
+        )
+        if task is not None:
+            query = query.where(_P.c.task == task)
+        if after is not None:
+            query = query.where(_F.c.created_at > after)
+        with self._tx() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def label_counts(self, *, after: datetime | None = None) -> dict[tuple[str, str], int]:
+        """Labels per (model, task) given strictly after `after` (None: all labels)."""
+        query = (
+            sa.select(_P.c.model, _P.c.task, sa.func.count())
+            .select_from(_F.join(_P, _F.c.prediction_id == _P.c.id))
+            .group_by(_P.c.model, _P.c.task)
+        )
+        if after is not None:
+            query = query.where(_F.c.created_at > after)
+        with self._tx() as conn:
+            return {(row[0], row[1]): int(row[2]) for row in conn.execute(query)}
+
+    def recent_confidences(
+        self,
+        model: str,
+        task: str,
+        *,
+        limit: int = 2000,
+        profile_version: int | None = None,
+        mode: str | None = None,
+    ) -> tuple[list[float], list[float]]:
+        """Raw and calibrated confidences of the newest `limit` scored predictions of
+        (model, task), optionally only those served by `profile_version` in `mode`."""
+        query = (
+            sa.select(_P.c.raw_confidence, _P.c.confidence)
+            .where(
+                _P.c.model == model,
+                _P.c.task == task,
+                _P.c.raw_confidence.is_not(None),
+                _P.c.confidence.is_not(None),
+            )
+            .order_by(_P.c.created_at.desc())
+            .limit(limit)
+        )
+        if profile_version is not None:
+            query = query.where(_P.c.profile_version == profile_version)
+        if mode is not None:
+            query = query.where(_P.c.mode == mode)
+        with self._tx() as conn:
+            rows = conn.execute(query).all()
+        return [float(row[0]) for row in rows], [float(row[1]) for row in rows]
+
+    def active_version(self, model: str, task: str = "default") -> ProfileVersion | None:
+        """The active version of (model, task) with its reason and metrics, or None."""
+        query = (
+            sa.select(_PR)
+            .where(_PR.c.model == model, _PR.c.task == task, _PR.c.active.is_(True))
+            .order_by(_PR.c.version.desc())
+            .limit(1)
+        )
+        with self._tx() as conn:
+            row = conn.execute(query).mappings().first()
+        return None if row is None else _version_from_row(row)
+
+    def profile_version(self, model: str, task: str, version: int) -> ProfileVersion | None:
+        """One stored version of (model, task), or None."""
+        query = sa.select(_PR).where(
+            _PR.c.model == model, _PR.c.task == task, _PR.c.version == version
+        )
+        with self._tx() as conn:
+            row = conn.execute(query).mappings().first()
+        return None if row is None else _version_from_row(row)
+
+    def model_tasks(self, model: str) -> list[str]:
+        """Tasks of `model` with at least one stored profile version."""
+        query = sa.select(_PR.c.task).where(_PR.c.model == model).distinct().order_by(_PR.c.task)
+        with self._tx() as conn:
+            return [row[0] for row in conn.execute(query)]
+
+    def add_event(self, event: ProfileEvent) -> None:
+        """Append an entry to the profile audit log."""
+        with self._tx(write=True) as conn:
+            conn.execute(sa.insert(_E).values(**_event_row(event)))
+
+    def update_event(self, event: ProfileEvent) -> None:
+        """Store the current state of an event added earlier (e.g. a finished refit)."""
+        row = _event_row(event)
+        with self._tx(write=True) as conn:
+            conn.execute(sa.update(_E).where(_E.c.id == event.id).values(**row))
+
+    def get_event(self, id: str) -> ProfileEvent | None:
+        with self._tx() as conn:
+            row = conn.execute(sa.select(_E).where(_E.c.id == id)).mappings().first()
+        return None if row is None else ProfileEvent(**row)
+
+    def profile_events(
+        self, model: str, task: str = "default", *, limit: int = 50
+    ) -> list[ProfileEvent]:
+        """The newest `limit` audit-log entries of (model, task), newest first."""
+        query = (
+            sa.select(_E)
+            .where(_E.c.model == model, _E.c.task == task)
+            .order_by(_E.c.started_at.desc(), _E.c.id)
+            .limit(limit)
+        )
+        with self._tx() as conn:
+            return [ProfileEvent(**row) for row in conn.execute(query).mappings()]
+
+    def last_refit(
+        self, model: str, task: str = "default", *, statuses: Sequence[str] | None = None
+    ) -> ProfileEvent | None:
+        """The newest finished refit of (model, task), optionally with one of `statuses`."""
+        query = (
+            sa.select(_E)
+            .where(
+                _E.c.model == model,
+                _E.c.task == task,
+                _E.c.kind == "refit",
+                _E.c.finished_at.is_not(None),
+            )
+            .order_by(_E.c.finished_at.desc())
+            .limit(1)
+        )
+        if statuses is not None:
+            query = query.where(_E.c.status.in_(list(statuses)))
+        with self._tx() as conn:
+            row = conn.execute(query).mappings().first()
+        return None if row is None else ProfileEvent(**row)
+
     # ---------------------------------------------------------------- internals
 
     @contextmanager
@@ -528,13 +691,16 @@ def _short(error: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(error).__name__
 
 
-def _result(id: str, judgement: feedback_rules.Judgement, status: str) -> FeedbackResult:
+def _result(
+    id: str, judgement: feedback_rules.Judgement, status: str, model: str | None = None
+) -> FeedbackResult:
     return FeedbackResult(
         id=id,
         correct=judgement.correct,
         label=judgement.label,
         true_index=judgement.true_index,
         status=status,  # type: ignore[arg-type]
+        model=model,
     )
 
 
@@ -581,3 +747,23 @@ def _key_from_row(row: Any) -> KeyRecord:
         created_at=row["created_at"],
         revoked_at=row["revoked_at"],
     )
+
+
+def _version_from_row(row: Any, profile_cls: Any = None) -> ProfileVersion:
+    return ProfileVersion(
+        model=row["model"],
+        task=row["task"],
+        version=row["version"],
+        active=row["active"],
+        reason=row["reason"],
+        metrics=row["metrics"],
+        created_at=row["created_at"],
+        activated_at=row["activated_at"],
+        profile=(profile_cls or _profile_cls()).from_dict(row["data"]),
+    )
+
+
+def _event_row(event: ProfileEvent) -> dict[str, Any]:
+    row = asdict(event)
+    row["metrics"] = _json_safe(row["metrics"])
+    return row

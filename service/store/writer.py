@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from service.store.errors import StoreError, StoreUnavailable
@@ -37,8 +38,10 @@ class PredictionWriter:
         batch_size: int = 256,
         buffer_limit: int = 50_000,
         close_timeout_s: float = 10.0,
+        on_flush: Callable[[PredictionWriter], None] | None = None,
     ) -> None:
         self.store = store
+        self.on_flush = on_flush  # called after each background flush (e.g. metrics sync)
         self.flush_interval_s = flush_interval_s
         self.batch_size = batch_size
         self.buffer_limit = buffer_limit
@@ -148,6 +151,11 @@ class PredictionWriter:
                 await self._drain(raise_errors=False)
             except Exception:  # pragma: no cover - keep the writer alive whatever happens
                 logger.exception("prediction writer: unexpected error")
+            if self.on_flush is not None:
+                try:
+                    self.on_flush(self)
+                except Exception:  # pragma: no cover - a hook must not stop the writer
+                    logger.exception("prediction writer: on_flush hook failed")
 
     async def _drain(self, *, raise_errors: bool) -> None:
         async with self._lock:

@@ -1,0 +1,218 @@
+"""`RefitRunner`: runs refit attempts for the app, off the event loop, and reports them.
+
+Where the work happens (setting `refit_executor`):
+
+* ``process`` (default): a single spawned worker process, kept for the next refit. Loading a
+  million labels is mostly Python (row decoding, JSON features); in a thread it would hold the
+  GIL in long stretches and the event loop would answer late. A process cannot stall serving.
+* ``thread``: `asyncio.to_thread`, no process start-up (about a second, once); fine for small
+  windows.
+
+After each attempt the runner updates the refit metrics (`observe_refit`) and, after an
+activation, drops this replica's cached profile and calibration gauges so the new version is
+served at once (other replicas pick it up within the `ProfileCache` TTL).
+
+Asynchronous refits (`start`) are tracked here by id while running; their final state is in the
+store's audit log, so `status(id)` also answers for a refit started by another replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import multiprocessing
+from collections import OrderedDict
+from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from service import metrics
+from service.refit.job import (
+    RefitConfig,
+    RefitOutcome,
+    new_refit_id,
+    replica_id,
+    run_refit,
+    run_refit_in_worker,
+)
+from service.store import ProfileEvent, Store
+from service.store.records import utcnow
+
+__all__ = ["RefitRunner", "outcome_from_event"]
+
+logger = logging.getLogger(__name__)
+
+_KEEP_LOCAL = 1000  # finished outcomes remembered by id (the store keeps them all)
+# Refit metrics' outcome vocabulary: a fit that found too few labels did not activate.
+_METRIC_OUTCOME = {
+    "activated": "activated",
+    "rejected": "rejected",
+    "insufficient_labels": "rejected",
+    "failed": "failed",
+}
+
+
+def outcome_from_event(event: ProfileEvent) -> RefitOutcome:
+    """A refit's state as recorded in the audit log (for ids this process did not run)."""
+    duration = 0.0
+    if event.finished_at is not None:
+        duration = (event.finished_at - event.started_at).total_seconds()
+    return RefitOutcome(
+        id=event.id,
+        model=event.model,
+        task=event.task,
+        status=event.status,
+        reason=event.reason or "",
+        trigger=event.trigger or "manual",
+        version=event.version,
+        n_labels=event.n_labels or 0,
+        metrics=event.metrics,
+        started_at=event.started_at,
+        finished_at=event.finished_at,
+        duration_s=duration,
+    )
+
+
+class RefitRunner:
+    """Runs refits for one gateway process (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Any,
+        *,
+        profiles: Any = None,
+        state: Any = None,
+    ) -> None:
+        self.store = store
+        self.url = settings.database_url
+        self.config = RefitConfig.from_settings(settings)
+        self.executor_kind = settings.refit_executor
+        self.profiles = profiles
+        self.state = state  # app.state: its calibration_collector is invalidated on activation
+        self.replica = replica_id()
+        self._executor: Executor | None = None
+        self._outcomes: OrderedDict[str, RefitOutcome] = OrderedDict()
+        self._tasks: set[asyncio.Task[RefitOutcome]] = set()
+
+    # ------------------------------------------------------------------ public
+
+    async def run(
+        self,
+        model: str,
+        task: str = "default",
+        *,
+        trigger: str = "manual",
+        min_new_labels: int = 0,
+        refit_id: str | None = None,
+    ) -> RefitOutcome:
+        """Run one attempt off the event loop and return its outcome."""
+        refit_id = refit_id or new_refit_id()
+        self._remember(
+            RefitOutcome(refit_id, model, task, "running", "", trigger, started_at=utcnow())
+        )
+        kwargs = {
+            "refit_id": refit_id,
+            "trigger": trigger,
+            "holder": self.replica,
+            "min_new_labels": min_new_labels,
+        }
+        try:
+            outcome = await self._execute(model, task, kwargs)
+        except Exception as error:  # the worker died, the pool broke, ...
+            logger.exception("refit %s of %s/%s could not run", refit_id, model, task)
+            if isinstance(error, BrokenProcessPool):
+                self._executor = None
+            outcome = RefitOutcome(
+                refit_id,
+                model,
+                task,
+                "failed",
+                f"{type(error).__name__}: {error}"[:1000],
+                trigger,
+                started_at=self._outcomes[refit_id].started_at,
+                finished_at=utcnow(),
+            )
+        self._remember(outcome)
+        self._report(outcome)
+        return outcome
+
+    def start(self, model: str, task: str = "default", *, trigger: str = "manual") -> str:
+        """Start an attempt in the background; returns its id (see `status`)."""
+        refit_id = new_refit_id()
+        task_ = asyncio.create_task(
+            self.run(model, task, trigger=trigger, refit_id=refit_id), name=f"refit-{refit_id}"
+        )
+        self._tasks.add(task_)
+        task_.add_done_callback(self._tasks.discard)
+        return refit_id
+
+    def status(self, refit_id: str) -> RefitOutcome | None:
+        """A refit this process knows (running or finished), else None (ask the store)."""
+        return self._outcomes.get(refit_id)
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """Wait briefly for running refits, then stop the worker process.
+
+        A refit cut short leaves its lease to expire (`refit_lease_ttl_s`) and its audit-log
+        entry in status ``running``.
+        """
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+        for task in list(self._tasks):
+            task.cancel()
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        if isinstance(executor, ProcessPoolExecutor):
+            processes = list((getattr(executor, "_processes", None) or {}).values())
+            executor.shutdown(wait=False, cancel_futures=True)
+            for process in processes:
+                with contextlib.suppress(Exception):
+                    process.terminate()
+        else:  # pragma: no cover - only process pools are kept
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------ internals
+
+    async def _execute(self, model: str, task: str, kwargs: dict[str, Any]) -> RefitOutcome:
+        if self.executor_kind == "thread":
+            call = functools.partial(run_refit, self.store, self.config, model, task, **kwargs)
+            return await asyncio.to_thread(call)
+        if self._executor is None:
+            self._executor = ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn")
+            )
+        call = functools.partial(run_refit_in_worker, self.url, self.config, model, task, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    def _remember(self, outcome: RefitOutcome) -> None:
+        self._outcomes[outcome.id] = outcome
+        self._outcomes.move_to_end(outcome.id)
+        while len(self._outcomes) > _KEEP_LOCAL:
+            self._outcomes.popitem(last=False)
+
+    def _report(self, outcome: RefitOutcome) -> None:
+        label = _METRIC_OUTCOME.get(outcome.status)
+        if label is not None:
+            metrics.observe_refit(outcome.model, label, outcome.duration_s)
+        logger.info(
+            "refit %s %s/%s: %s (%s)",
+            outcome.id,
+            outcome.model,
+            outcome.task,
+            outcome.status,
+            outcome.reason,
+        )
+        if outcome.activated:
+            self.invalidate(outcome.model)
+
+    def invalidate(self, model: str) -> None:
+        """Serve `model`'s new active profile at once in this process."""
+        if self.profiles is not None:
+            self.profiles.invalidate(model)
+        collector = getattr(self.state, "calibration_collector", None)
+        if collector is not None:
+            collector.invalidate()

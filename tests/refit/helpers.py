@@ -1,0 +1,146 @@
+"""Synthetic labeled traffic for refit tests and benchmarks.
+
+Options mode: an overconfident model. Each item has logits ``z``; the engine reports
+``log_softmax(z)`` for options A–D and answers the argmax, while the truth is drawn from
+``softmax(z / T_true)`` with ``T_true > 1`` (the world is less certain than the model).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+
+from service.store import PredictionRecord, Store
+from service.store import schema as store_schema
+from service.store.records import utcnow
+from tests.upstream_double import JSONReply, chat_response
+
+OPTIONS = ["A", "B", "C", "D"]
+
+
+@dataclass
+class OptionItem:
+    logprobs: list[float]  # per option, log_softmax(z)
+    chosen: int  # the model's answer (argmax)
+    truth: int  # drawn from softmax(z / T_true)
+
+    @property
+    def correct(self) -> bool:
+        return self.chosen == self.truth
+
+    def steps(self) -> list[tuple[str, float, list[tuple[str, float]]]]:
+        """One generated token (the answer) whose top-K lists every option."""
+        top = sorted(
+            ((f" {label}", lp) for label, lp in zip(OPTIONS, self.logprobs, strict=True)),
+            key=lambda entry: -entry[1],
+        )
+        return [(f" {OPTIONS[self.chosen]}", self.logprobs[self.chosen], top)]
+
+
+def option_items(n: int, true_t: float, seed: int, scale: float = 2.5) -> list[OptionItem]:
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0.0, scale, size=(n, len(OPTIONS)))
+    logprobs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    p_true = np.exp(z / true_t)
+    p_true /= p_true.sum(axis=1, keepdims=True)
+    truths = [int(rng.choice(len(OPTIONS), p=row)) for row in p_true]
+    return [
+        OptionItem(row.tolist(), int(np.argmax(row)), truth)
+        for row, truth in zip(logprobs, truths, strict=True)
+    ]
+
+
+def queue_reply(items: list[OptionItem]):  # type: ignore[no-untyped-def]
+    """An upstream-double reply answering successive requests with successive items."""
+    pending = list(items)
+
+    def reply(path: str, body: dict[str, Any]) -> JSONReply:
+        item = pending.pop(0)
+        return JSONReply(chat_response(item.steps(), model=body.get("model", "m")))
+
+    return reply
+
+
+def softmax(values: list[float], temperature: float = 1.0) -> np.ndarray:
+    v = np.asarray(values, dtype=float) / temperature
+    e = np.exp(v - v.max())
+    return e / e.sum()
+
+
+def insert_labeled_options(
+    store: Store,
+    model: str,
+    task: str,
+    n: int,
+    *,
+    true_t: float = 2.0,
+    seed: int = 0,
+    chunk: int = 50_000,
+    with_label: bool = True,
+) -> list[str]:
+    """Insert `n` options-mode predictions with feedback straight into the store (fast path
+    for large windows: no HTTP, no feedback judging). Returns the ids."""
+    rng = np.random.default_rng(seed)
+    ids: list[str] = []
+    now = utcnow()
+    for start in range(0, n, chunk):
+        size = min(chunk, n - start)
+        z = rng.normal(0.0, 2.5, size=(size, 4))
+        logprobs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        p_true = np.exp(z / true_t)
+        p_true /= p_true.sum(axis=1, keepdims=True)
+        truths = (rng.uniform(size=(size, 1)) > np.cumsum(p_true, axis=1)).sum(axis=1)
+        truths = np.minimum(truths, 3)
+        chosen = logprobs.argmax(axis=1)
+        probs = np.exp(logprobs)
+        batch_ids = [f"bulk-{seed}-{start + i}-{uuid.uuid4().hex[:6]}" for i in range(size)]
+        created = now - timedelta(seconds=60)
+        predictions = []
+        feedback = []
+        for i in range(size):
+            c = int(chosen[i])
+            predictions.append(
+                PredictionRecord(
+                    id=batch_ids[i],
+                    model=model,
+                    task=task,
+                    tenant="default",
+                    mode="options",
+                    options=OPTIONS,
+                    idk_option=None,
+                    answer=OPTIONS[c],
+                    raw_confidence=float(probs[i, c]),
+                    confidence=float(probs[i, c]),
+                    features={
+                        "options": OPTIONS,
+                        "option_logprobs": logprobs[i].tolist(),
+                        "truncated": [False] * 4,
+                        "answer": OPTIONS[c],
+                        "answer_index": c,
+                        "position": 0,
+                    },
+                    created_at=created,
+                )
+            )
+            truth = int(truths[i])
+            feedback.append(
+                {
+                    "prediction_id": batch_ids[i],
+                    "correct": truth == c,
+                    "label": OPTIONS[truth] if with_label else None,
+                    "true_index": truth if with_label else (c if truth == c else None),
+                    "tenant": "default",
+                    "key_id": None,
+                    "created_at": now,
+                }
+            )
+        store.insert_predictions(predictions)
+        with store.engine.begin() as conn:
+            conn.execute(sa.insert(store_schema.feedback), feedback)
+        ids.extend(batch_ids)
+    return ids
