@@ -1,12 +1,16 @@
 """The request's optional `calibration` object, validated, and the plan it resolves to.
 
-Clients may send `calibration: {options?, idk_option?, mode?, abstain?, threshold?, task?}` next
-to the usual OpenAI fields. It is removed from the body before the body goes upstream (vLLM would
-reject an unknown field only in strict mode, but it has no business there).
+Clients may send `calibration: {options?, idk_option?, mode?, abstain?, threshold?, task?,
+add_idk_option?, idk_text?}` next to the usual OpenAI fields. It is removed from the body before
+the body goes upstream (vLLM would reject an unknown field only in strict mode, but it has no
+business there).
 
 `resolve_plan` merges, field by field, request > active profile > model configuration:
 what the caller asks for this request wins, then what was fitted for (model, task), then the
 operator's static configuration.
+
+`add_idk_option` (request, else the model's configuration) makes the gateway add an "I don't
+know" choice to the options and show it to the model (`service.idk_option`, docs/idk.md).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.errors import APIError
+from service.idk_option import choose_label
 from service.settings import ModelConfig
 
 __all__ = ["CalibrationPlan", "CalibrationRequest", "parse_calibration", "resolve_plan"]
@@ -23,7 +28,16 @@ __all__ = ["CalibrationPlan", "CalibrationRequest", "parse_calibration", "resolv
 _MODES = ("options", "sequence")
 _POLICIES = ("annotate", "replace", "off")
 _TASK_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
-_KEYS = {"options", "idk_option", "mode", "abstain", "threshold", "task"}
+_KEYS = {
+    "options",
+    "idk_option",
+    "mode",
+    "abstain",
+    "threshold",
+    "task",
+    "add_idk_option",
+    "idk_text",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +50,8 @@ class CalibrationRequest:
     abstain: str | None = None
     threshold: float | None = None
     task: str = "default"
+    add_idk_option: bool | None = None
+    idk_text: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +65,8 @@ class CalibrationPlan:
     threshold: float | None  # request override; None = the profile's
     task: str
     idk_message: str
+    idk_added: bool = False  # the gateway added `idk_option` to the options: show it upstream
+    idk_text: str | None = None  # how the added choice reads ("I don't know")
 
 
 def _bad(message: str, param: str) -> APIError:
@@ -112,8 +130,24 @@ def parse_calibration(raw: Any) -> CalibrationRequest:
             "`task` must be a short name (letters, digits, '_', '-', '.'; at most 64).", "task"
         )
 
+    add_idk = raw.get("add_idk_option")
+    if add_idk is not None and not isinstance(add_idk, bool):
+        raise _bad("`add_idk_option` must be true or false.", "add_idk_option")
+    idk_text = raw.get("idk_text")
+    if idk_text is not None and (
+        not isinstance(idk_text, str) or not idk_text.strip() or len(idk_text) > 200
+    ):
+        raise _bad("`idk_text` must be a non-empty string of at most 200 characters.", "idk_text")
+
     return CalibrationRequest(
-        options=options, idk_option=idk, mode=mode, abstain=abstain, threshold=threshold, task=task
+        options=options,
+        idk_option=idk,
+        mode=mode,
+        abstain=abstain,
+        threshold=threshold,
+        task=task,
+        add_idk_option=add_idk,
+        idk_text=idk_text.strip() if idk_text else None,
     )
 
 
@@ -146,6 +180,20 @@ def resolve_plan(request: CalibrationRequest, profile: Any, config: ModelConfig)
     abstain = request.abstain or profile_policy or config.abstain
     if abstain not in _POLICIES:  # a profile stored with an unknown policy must not break serving
         abstain = config.abstain
+
+    idk_added, idk_text = False, None
+    wants_idk = request.add_idk_option
+    if wants_idk is None:
+        wants_idk = bool(getattr(config, "add_idk_option", False))
+    if wants_idk and mode == "options" and options and idk is None:
+        idk_text = request.idk_text or getattr(config, "idk_text", None) or "I don't know"
+        idk = choose_label(options, idk_text, getattr(config, "idk_label", None))
+        if idk in options:
+            raise _bad(
+                f"The IDK option's label {idk!r} is already one of the options.", "add_idk_option"
+            )
+        options, idk_added = (*options, idk), True
+
     return CalibrationPlan(
         mode=mode,
         options=options if mode == "options" else None,
@@ -154,4 +202,6 @@ def resolve_plan(request: CalibrationRequest, profile: Any, config: ModelConfig)
         threshold=request.threshold,
         task=request.task,
         idk_message=config.idk_message,
+        idk_added=idk_added and mode == "options",
+        idk_text=idk_text,
     )

@@ -34,6 +34,7 @@ from service.auth import Principal, authenticate
 from service.calibration_request import CalibrationPlan, parse_calibration, resolve_plan
 from service.confidence import Outcome, calibrate_choice, no_choice_outcome
 from service.errors import APIError
+from service.idk_option import insert_in_messages, insert_in_prompt
 from service.images import validate_image_parts
 from service.request_body import (
     LogprobWish,
@@ -76,6 +77,8 @@ _CALIBRATION_SCHEMA = {
         "abstain": {"type": "string", "enum": ["annotate", "replace", "off"]},
         "threshold": {"type": "number", "minimum": 0, "maximum": 1},
         "task": {"type": "string", "default": "default"},
+        "add_idk_option": {"type": "boolean", "description": "Add an 'I don't know' choice."},
+        "idk_text": {"type": "string", "description": "How the added choice reads."},
     },
 }
 
@@ -192,12 +195,13 @@ async def _prepare(request: Request, legacy: bool) -> _Prepared:
     # Sequence mode needs only the sampled tokens' logprobs: don't make the engine compute top-K.
     k = config.top_logprobs if plan.mode == "options" else 0
     system_prompt = getattr(profile, "system_prompt", None) or config.system_prompt
+    shown = _show_idk(prompt, plan, legacy)
     if legacy:
         inject_completion_logprobs(body, wish, k)
-        body["prompt"] = prefix_prompt(prompt, system_prompt, config.system_prompt_policy)
+        body["prompt"] = prefix_prompt(shown, system_prompt, config.system_prompt_policy)
     else:
         inject_chat_logprobs(body, wish, k)
-        body["messages"] = inject_system_prompt(prompt, system_prompt, config.system_prompt_policy)
+        body["messages"] = inject_system_prompt(shown, system_prompt, config.system_prompt_policy)
     body["model"] = config.served_name or model
 
     return _Prepared(
@@ -214,6 +218,16 @@ async def _prepare(request: Request, legacy: bool) -> _Prepared:
             {"prompt" if legacy else "messages": prompt} if settings.store_request_content else None
         ),
     )
+
+
+def _show_idk(prompt: Any, plan: CalibrationPlan, legacy: bool) -> Any:
+    """The client's prompt/messages with the IDK choice the gateway added (docs/idk.md)."""
+    if not plan.idk_added or plan.options is None or plan.idk_option is None:
+        return prompt
+    listed, label, text = plan.options[:-1], plan.idk_option, plan.idk_text or plan.idk_option
+    if legacy:
+        return insert_in_prompt(prompt, listed, label, text)
+    return insert_in_messages(prompt, listed, label, text)
 
 
 def _submit(request: Request, principal: Principal, prep: _Prepared, cid: str, out: Outcome):
