@@ -11,6 +11,7 @@ import typer
 
 from clients import demo_cli
 from service.cli import engine_cli, keys_cli, refit_cli, serve_cli
+from service.datasets import cli as dataset_cli
 
 app = typer.Typer(
     name="calib",
@@ -21,6 +22,7 @@ app = typer.Typer(
 
 app.add_typer(engine_cli.app, name="engine")
 app.add_typer(keys_cli.app, name="keys")
+app.add_typer(dataset_cli.app, name="dataset")
 app.command("serve")(serve_cli.serve)
 app.command("refit")(refit_cli.refit)
 app.add_typer(refit_cli.app, name="profile")
