@@ -30,7 +30,7 @@ from service.calibration_health import make_calibration_source
 from service.errors import install_error_handlers
 from service.profiles import ProfileCache
 from service.refit import RefitRunner, RefitScheduler
-from service.routes import calibration, feedback, health, proxy
+from service.routes import calibration, feedback, health, prompt_opt, proxy
 from service.routes import metrics as metrics_routes
 from service.settings import Settings, load_settings
 from service.store import PredictionWriter, Store
@@ -121,6 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(metrics_routes.router)
     app.include_router(calibration.router)
+    app.include_router(prompt_opt.router)
     return app
 
 

@@ -150,3 +150,40 @@ profile_events = sa.Table(
     sa.Column("finished_at", UTCDateTime, nullable=True),
     sa.Index(None, "model", "task", "started_at"),
 )
+
+# Prompt-optimization jobs (docs/prompt-optimization.md): the job row holds its configuration,
+# the labeled items it replays, the paraphrase calls so far and the result; every evaluation is
+# a row of its own, written right after it is computed, so a crashed job resumes where it was
+# and never evaluates a candidate twice (the primary key forbids it).
+prompt_opt_jobs = sa.Table(
+    "prompt_opt_jobs",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("model", sa.String(256), nullable=False),
+    sa.Column("task", sa.String(128), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("config", JSONType, nullable=False),
+    sa.Column("items", JSONType, nullable=False),
+    sa.Column("state", JSONType, nullable=False),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("finished_at", UTCDateTime, nullable=True),
+    sa.Index(None, "model", "task", "created_at"),
+)
+
+prompt_opt_evaluations = sa.Table(
+    "prompt_opt_evaluations",
+    metadata,
+    sa.Column("job_id", sa.String(64), primary_key=True),
+    sa.Column("split", sa.String(16), primary_key=True),
+    sa.Column("prompt_key", sa.String(64), primary_key=True),
+    sa.Column("prompt", sa.Text, nullable=False),
+    sa.Column("accuracy", sa.Float, nullable=False),
+    sa.Column("ece", sa.Float, nullable=True),
+    sa.Column("n", sa.Integer, nullable=False),
+    sa.Column("round", sa.Integer, nullable=False),
+    sa.Column("ord", sa.Integer, nullable=False),
+    sa.Column("parent", sa.Text, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
