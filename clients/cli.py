@@ -10,7 +10,7 @@ from __future__ import annotations
 import typer
 
 from clients import demo_cli
-from service.cli import engine_cli, keys_cli, refit_cli, serve_cli
+from service.cli import engine_cli, keys_cli, optimize_cli, refit_cli, serve_cli
 from service.datasets import cli as dataset_cli
 
 app = typer.Typer(
@@ -25,6 +25,7 @@ app.add_typer(keys_cli.app, name="keys")
 app.add_typer(dataset_cli.app, name="dataset")
 app.command("serve")(serve_cli.serve)
 app.command("refit")(refit_cli.refit)
+app.command("optimize-prompt")(optimize_cli.optimize_prompt)
 app.add_typer(refit_cli.app, name="profile")
 app.command("demo")(demo_cli.demo)
 

@@ -11,7 +11,8 @@ system prompt (same `service.shaping` functions, same policy):
   precedes the examples and the answer;
 * items with ``add_idk`` get the IDK choice shown the gateway's way (`service.idk_option`).
 
-Requests are greedy (`temperature: 0`), short (`max_tokens: 8`) and ask for the top-20 logprobs;
+Requests are greedy (`temperature: 0`), short (`max_tokens: 8`, stop at a newline) and ask for
+the top-20 logprobs;
 the answer's option distribution comes from `calibrators.score_options`. An item is correct when
 the chosen option is the labeled one; its confidence is the chosen option's probability (T = 1).
 An answer that names no option counts as wrong with confidence 0. Accuracy and 10-bin ECE
@@ -111,6 +112,7 @@ class Replayer:
             "logprobs": TOP_LOGPROBS,
             "max_tokens": MAX_TOKENS,
             "temperature": 0.0,
+            "stop": ["\n"],
             **self._extra,
         }
 
