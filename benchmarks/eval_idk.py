@@ -229,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--m", type=int, default=2)
     parser.add_argument("--n", type=int, default=2)
     parser.add_argument("--budget", type=int, default=8)
-    parser.add_argument("--target-risk", type=float, default=0.2)
+    parser.add_argument("--target-risk", type=float, default=0.3)
     parser.add_argument("--concurrency", type=int, default=4)
     args = parser.parse_args(argv)
 
