@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from clients import demo_cli
+from clients import demo_cli, report_cli
 from service.cli import engine_cli, keys_cli, optimize_cli, refit_cli, serve_cli
 from service.datasets import cli as dataset_cli
 
@@ -28,6 +28,7 @@ app.command("refit")(refit_cli.refit)
 app.command("optimize-prompt")(optimize_cli.optimize_prompt)
 app.add_typer(refit_cli.app, name="profile")
 app.command("demo")(demo_cli.demo)
+app.command("report")(report_cli.report)
 
 
 if __name__ == "__main__":  # pragma: no cover

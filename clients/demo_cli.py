@@ -18,7 +18,7 @@ def demo(
     ),
     api_key: str | None = typer.Option(None, "--api-key", envvar="CALIB_API_KEY"),
     model: str = typer.Option("gemma-3-270m", "--model", help="Served model name."),
-    n: int = typer.Option(150, "--n", min=20, help="Questions per form (mcq and cloze)."),
+    n: int = typer.Option(200, "--n", min=20, help="Questions per form (mcq and cloze)."),
     seed: int = typer.Option(0, "--seed", help="Question-set seed."),
     target_risk: float = typer.Option(
         0.3, "--target-risk", min=0.01, max=0.99, help="Selective risk α the threshold targets."

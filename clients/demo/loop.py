@@ -11,7 +11,7 @@ from clients.sdk import AsyncCalibClient, CalibClient, Calibration
 
 from .questions import DemoItem
 
-MAX_TOKENS = {"mcq": 8, "cloze": 8}
+MAX_TOKENS = {"mcq": 12, "cloze": 8}
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ async def _ask_one(client: AsyncCalibClient, model: str, item: DemoItem) -> Answ
         "temperature": 0.0,
         "stop": ["\n"],
         "task": item.task,
+        **item.extra_body,
     }
     if item.options:
         kwargs.update(options=item.options, idk_option=item.idk_option, mode="options")

@@ -63,9 +63,9 @@ class DemoOptions:
     engine_url: str | None = None
     api_key: str | None = None
     model: str = "gemma-3-270m"
-    n: int = 150
+    n: int = 200
     seed: int = 0
-    train_fraction: float = 0.5
+    train_fraction: float = 0.6
     target_risk: float = 0.3
     delta: float = 0.1
     concurrency: int = 8
@@ -78,6 +78,8 @@ def gateway_config(options: DemoOptions) -> dict[str, Any]:
     return {
         "refit_enabled": False,
         "refit_min_labels": 30,
+        # half of the labels choose the threshold: LTT needs enough of them to certify anything
+        "refit_holdout_fraction": 0.5,
         "refit_target_risk": options.target_risk,
         "refit_delta": options.delta,
         "models": {options.model: {"abstain": "annotate", "top_logprobs": 20}},
