@@ -74,13 +74,18 @@ def two_workers(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         log.close()
 
 
-def _requests_total(text: str) -> float:
-    return sum(
-        sample.value
+def _samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """Every sample of `name` for model "mw", keyed by its sorted labels."""
+    return {
+        tuple(sorted(sample.labels.items())): sample.value
         for family in text_string_to_metric_families(text)
         for sample in family.samples
-        if sample.name == "calib_requests_total" and sample.labels.get("model") == "mw"
-    )
+        if sample.name == name and sample.labels.get("model") == "mw"
+    }
+
+
+def _requests_total(text: str) -> float:
+    return sum(_samples(text, "calib_requests_total").values())
 
 
 def test_every_scrape_sums_both_workers(two_workers: tuple[str, Path]) -> None:
@@ -96,4 +101,5 @@ def test_every_scrape_sums_both_workers(two_workers: tuple[str, Path]) -> None:
     for _ in range(10):  # scrapes land on either worker
         text = httpx.get(f"{url}/metrics", timeout=10).text
         assert _requests_total(text) == sent
-        assert f'calib_upstream_errors_total{{kind="connect",model="mw"}} {float(sent)}' in text
+        errors = _samples(text, "calib_upstream_errors_total")
+        assert errors.get((("kind", "connect"), ("model", "mw"))) == sent, errors
