@@ -1,0 +1,76 @@
+"""`calib demo` on the real engine: the whole loop, its outputs, and its report in a browser.
+
+Run small (n=40) so it fits in CI; the quality numbers of a full run are in the README.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from clients.demo.runner import ROWS, TASKS, DemoOptions, run_demo
+from tests.browser import file_url, inspect_page
+
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(1800)]
+
+
+@pytest.fixture(scope="module")
+def demo_run(engine, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("demo")
+    options = DemoOptions(out_dir=out, engine_url=engine.base_url, model=engine.model, n=40)
+    summary = run_demo(options, Console(record=True, width=120))
+    return out, summary
+
+
+def test_summary_json_has_every_number_for_both_tasks(demo_run) -> None:
+    out, _ = demo_run
+    written = json.loads((out / "summary.json").read_text())
+    assert written["tasks"].keys() == set(TASKS)
+    for task in TASKS:
+        stats = written["tasks"][task]
+        assert stats["n"] > 0 and stats["n_scored"] > 0
+        for key in ("accuracy", "ece_raw", "ece_calibrated", "brier_raw", "brier_calibrated"):
+            assert 0.0 <= stats[key] <= 1.0, (task, key, stats[key])
+    assert written["counts"]["labels_posted"] > 0
+    assert set(written["timings_s"]) >= {"answer_training_s", "answer_heldout_s", "total_s"}
+
+
+def test_each_refit_reports_its_outcome_and_activated_profiles_serve_the_held_out_part(
+    demo_run,
+) -> None:
+    out, summary = demo_run
+    answers = [json.loads(line) for line in (out / "held_out_answers.jsonl").open()]
+    for task in TASKS:
+        outcome = summary["refits"][task]
+        assert isinstance(outcome["activated"], bool) and outcome["reason"]
+        served = [a["calibration"] for a in answers if a["task"] == task and a["calibration"]]
+        if outcome["activated"]:
+            assert all(c["profile_version"] >= 1 for c in served)
+            assert all(c["method"] != "none" for c in served)
+        else:
+            assert all(c["method"] == "none" for c in served)
+
+
+def test_unanswerable_questions_are_graded_against_the_idk_option(demo_run) -> None:
+    out, _ = demo_run
+    answers = [json.loads(line) for line in (out / "held_out_answers.jsonl").open()]
+    invented = [a for a in answers if not a["answerable"]]
+    assert invented, "the held-out part mixes in invented countries"
+    for a in invented:
+        picked_idk = bool(a["calibration"]) and a["calibration"]["answer"] == "I don't know"
+        assert a["correct"] == picked_idk
+
+
+def test_report_renders_in_a_real_browser_with_all_figures(demo_run) -> None:
+    out, _ = demo_run
+    page = inspect_page(file_url(out / "report.html"))
+    assert page.errors == []
+    assert page.rows == len(ROWS)
+    assert len(page.images) == 3 * len(TASKS)
+    assert all(image["complete"] and image["width"] > 0 for image in page.images)
+    for task in TASKS:
+        assert (out / f"reliability_{task}.png").stat().st_size > 0
+        assert (out / f"reliability_{task}.svg").read_text().lstrip().startswith("<?xml")
