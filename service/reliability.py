@@ -119,6 +119,8 @@ def render_reliability_svg(report: dict[str, Any]) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg", force=False)
+    # Text as <text> elements (searchable, smaller) rather than glyph paths.
+    matplotlib.rcParams["svg.fonttype"] = "none"
     from matplotlib.figure import Figure  # no pyplot: no global state, thread-safe
 
     figure = Figure(figsize=(10, 4.6))
@@ -162,5 +164,5 @@ def render_reliability_svg(report: dict[str, Any]) -> bytes:
         f"({report['method']}), {report['n']} held-out labels"
     )
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="svg", bbox_inches="tight")
+    figure.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
     return buffer.getvalue()

@@ -7,15 +7,16 @@ Options mode: an overconfident model. Each item has logits ``z``; the engine rep
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
 
-from service.store import PredictionRecord, Store
+from service.store import Store
 from service.store import schema as store_schema
 from service.store.records import utcnow
 from tests.upstream_double import JSONReply, chat_response
@@ -105,18 +106,18 @@ def insert_labeled_options(
         for i in range(size):
             c = int(chosen[i])
             predictions.append(
-                PredictionRecord(
-                    id=batch_ids[i],
-                    model=model,
-                    task=task,
-                    tenant="default",
-                    mode="options",
-                    options=OPTIONS,
-                    idk_option=None,
-                    answer=OPTIONS[c],
-                    raw_confidence=float(probs[i, c]),
-                    confidence=float(probs[i, c]),
-                    features={
+                {
+                    "id": batch_ids[i],
+                    "model": model,
+                    "task": task,
+                    "tenant": "default",
+                    "mode": "options",
+                    "options": OPTIONS,
+                    "idk_option": None,
+                    "answer": OPTIONS[c],
+                    "raw_confidence": float(probs[i, c]),
+                    "confidence": float(probs[i, c]),
+                    "features": {
                         "options": OPTIONS,
                         "option_logprobs": logprobs[i].tolist(),
                         "truncated": [False] * 4,
@@ -124,8 +125,13 @@ def insert_labeled_options(
                         "answer_index": c,
                         "position": 0,
                     },
-                    created_at=created,
-                )
+                    "profile_version": 0,
+                    "prompt_hash": None,
+                    "abstained": False,
+                    "abstain_reason": None,
+                    "request_content": None,
+                    "created_at": created,
+                }
             )
             truth = int(truths[i])
             feedback.append(
@@ -139,8 +145,32 @@ def insert_labeled_options(
                     "created_at": now,
                 }
             )
-        store.insert_predictions(predictions)
         with store.engine.begin() as conn:
-            conn.execute(sa.insert(store_schema.feedback), feedback)
+            if store.dialect == "sqlite":
+                _sqlite_executemany(conn, predictions, feedback)
+            else:
+                conn.execute(sa.insert(store_schema.predictions), predictions)
+                conn.execute(sa.insert(store_schema.feedback), feedback)
         ids.extend(batch_ids)
     return ids
+
+
+def _sqlite_executemany(conn: Any, predictions: list[dict], feedback: list[dict]) -> None:
+    """The same rows through the driver directly (JSON and timestamps encoded as SQLAlchemy
+    stores them on SQLite): ~10x faster, which matters at a million rows."""
+    p_cols = [c.name for c in store_schema.predictions.columns]
+    f_cols = [c.name for c in store_schema.feedback.columns]
+
+    def encode(value: Any) -> Any:
+        if isinstance(value, dict | list):
+            return json.dumps(value, separators=(",", ":"))
+        if isinstance(value, datetime):
+            return value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ")
+        return value
+
+    for table, cols, rows in (
+        ("predictions", p_cols, predictions),
+        ("feedback", f_cols, feedback),
+    ):
+        sql = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+        conn.exec_driver_sql(sql, [tuple(encode(row[c]) for c in cols) for row in rows])
