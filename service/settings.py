@@ -87,6 +87,18 @@ class Settings(BaseSettings):
         False, description="Keep request messages/prompts with predictions (needed for replay)."
     )
     feedback_max_batch: int = Field(1000, ge=1, description="Most items per feedback request.")
+    # --- security (docs/security.md) -----------------------------------------------------------
+    feedback_rate_per_s: float | None = Field(
+        100.0,
+        ge=0,
+        description="Feedback items per second per client key (token bucket; 0/None: no limit).",
+    )
+    feedback_burst: int = Field(
+        2000, ge=1, description="Feedback items a client key may post at once (bucket size)."
+    )
+    metrics_key: str | None = Field(
+        None, description="When set, `/metrics` needs `Authorization: Bearer <metrics_key>`."
+    )
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     default_model: ModelConfig = Field(default_factory=ModelConfig)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, 
 from service import metrics
 from service.auth import Principal, authenticate
 from service.errors import APIError
+from service.rate_limit import TokenBuckets
 from service.store import FeedbackError, FeedbackItem, FeedbackResult, Store, StoreError
 
 router = APIRouter(tags=["feedback"])
@@ -105,6 +107,46 @@ def _parse(raw: bytes, max_batch: int) -> tuple[list[FeedbackItem], bool]:
     return items, single
 
 
+def _buckets(request: Request) -> TokenBuckets | None:
+    """The app's feedback rate limiter (None when `feedback_rate_per_s` is 0 or unset)."""
+    state = request.app.state
+    buckets = getattr(state, "feedback_buckets", None)
+    if buckets is None:
+        settings = state.settings
+        rate = getattr(settings, "feedback_rate_per_s", None)
+        if not rate:
+            return None
+        buckets = state.feedback_buckets = TokenBuckets(rate, settings.feedback_burst)
+    return buckets
+
+
+def _check_rate(request: Request, principal: Principal, cost: int) -> None:
+    """429 when this client key posts feedback faster than its bucket allows. Admin keys are
+    not limited: they can set a profile outright, so a limit would not protect calibration."""
+    if principal.is_admin:
+        return
+    buckets = _buckets(request)
+    if buckets is None:
+        return
+    if cost > buckets.burst:
+        raise APIError(
+            422,
+            f"At most {int(buckets.burst)} feedback items per request for this key "
+            f"(feedback_burst; got {cost}).",
+            code="batch_too_large",
+        )
+    wait = buckets.take(principal.key_id or principal.name, cost)
+    if wait > 0:
+        retry_after = str(max(1, math.ceil(wait))) if math.isfinite(wait) else "60"
+        raise APIError(
+            429,
+            f"Feedback rate limit exceeded for this API key ({buckets.rate_per_s:g} items/s, "
+            f"burst {int(buckets.burst)}). Retry after {retry_after} s.",
+            code="rate_limit_exceeded",
+            headers={"Retry-After": retry_after},
+        )
+
+
 def _unavailable(error: StoreError) -> APIError:
     return APIError(
         503,
@@ -131,6 +173,7 @@ async def post_feedback(
     settings = request.app.state.settings
     max_batch = getattr(settings, "feedback_max_batch", DEFAULT_MAX_BATCH)
     items, single = _parse(await request.body(), max_batch)
+    _check_rate(request, principal, len(items))
     store: Store = request.app.state.store
     writer = getattr(request.app.state, "writer", None)
     try:
@@ -176,7 +219,7 @@ async def get_feedback(
         raise APIError(404, f"No feedback recorded for id {id!r}.", param="id")
     if not principal.is_admin and record.prediction_tenant != principal.tenant:
         raise APIError(403, f"Prediction {id!r} belongs to another tenant.", param="id")
-    return {
+    body = {
         "object": "feedback",
         "id": record.id,
         "correct": record.correct,
@@ -185,3 +228,6 @@ async def get_feedback(
         "tenant": record.tenant,
         "created_at": record.created_at.isoformat(),
     }
+    if principal.is_admin:  # audit: which key gave this label (docs/security.md)
+        body["key_id"] = record.key_id
+    return body

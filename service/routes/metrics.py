@@ -13,11 +13,13 @@ behind the calibration gauges never blocks the event loop.
 
 from __future__ import annotations
 
+import hmac
 import threading
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
+from service.errors import APIError
 from service.metrics import CalibrationCollector, render_metrics, sync_prediction_writer
 
 __all__ = ["router"]
@@ -43,10 +45,29 @@ def _calibration_collector(state: Any) -> CalibrationCollector | None:
         return collector
 
 
+def _check_metrics_key(request: Request) -> None:
+    """With `metrics_key` set, only `Authorization: Bearer <metrics_key>` may scrape (401)."""
+    settings = getattr(request.app.state, "settings", None)
+    expected = getattr(settings, "metrics_key", None)
+    if not expected:
+        return
+    scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        token.strip().encode("utf-8"), expected.encode("utf-8")
+    ):
+        raise APIError(
+            401,
+            "Metrics need 'Authorization: Bearer <metrics_key>'.",
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
 @router.get("/metrics", include_in_schema=False)
 def metrics(request: Request) -> Response:
     """Every metric of the service, in the format the scraper asks for."""
     state = request.app.state
+    _check_metrics_key(request)
     writer = getattr(state, "prediction_writer", None)
     if writer is not None:
         sync_prediction_writer(writer)

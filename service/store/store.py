@@ -257,7 +257,7 @@ class Store:
         query = (
             sa.select(_P, _F.c.correct, _F.c.label, _F.c.true_index, _F.c.created_at.label("at"))
             .join(_F, _F.c.prediction_id == _P.c.id)
-            .where(_P.c.model == model)
+            .where(_P.c.model == model, _not_from_revoked_key())
             .order_by(_F.c.created_at.desc(), _P.c.id)
         )
         if task is not None:
@@ -496,7 +496,7 @@ class Store:
                 _F.c.created_at,
             )
             .join(_F, _F.c.prediction_id == _P.c.id)
-            .where(_P.c.model == model)
+            .where(_P.c.model == model, _not_from_revoked_key())
             .order_by(_F.c.created_at.desc(), _P.c.id)
         )
         if task is not None:
@@ -517,7 +517,7 @@ class Store:
         query = (
             sa.select(sa.func.count())
             .select_from(_F.join(_P, _F.c.prediction_id == _P.c.id))
-            .where(_P.c.model == model)
+            .where(_P.c.model == model, _not_from_revoked_key())
         )
         if task is not None:
             query = query.where(_P.c.task == task)
@@ -531,6 +531,7 @@ class Store:
         query = (
             sa.select(_P.c.model, _P.c.task, sa.func.count())
             .select_from(_F.join(_P, _F.c.prediction_id == _P.c.id))
+            .where(_not_from_revoked_key())
             .group_by(_P.c.model, _P.c.task)
         )
         if after is not None:
@@ -684,6 +685,14 @@ class Store:
         for start in range(0, len(values), _IN_CHUNK):
             chunk = values[start : start + _IN_CHUNK]
             yield from conn.execute(query.where(column.in_(chunk))).mappings()
+
+
+def _not_from_revoked_key() -> Any:
+    """Feedback not given with a key that has since been revoked (docs/security.md): revoking a
+    leaked or abusive key takes its labels out of every later refit. Labels stay stored (audit);
+    feedback without a key id (bootstrap admin, open mode) is kept."""
+    revoked = sa.select(_K.c.id).where(_K.c.id == _F.c.key_id, _K.c.revoked_at.is_not(None))
+    return ~revoked.exists()
 
 
 def _short(error: BaseException) -> str:
