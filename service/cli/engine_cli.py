@@ -23,7 +23,14 @@ def _fail(exc: EngineError) -> typer.Exit:
 
 @app.command()
 def prepare() -> None:
-    """Create the engine virtualenv, assemble and convert the model (skips what is done)."""
+    """Create the engine virtualenv, assemble and convert the model (skips what is done).
+
+    Examples:
+
+      calib engine prepare
+
+      CALIB_DATA_DIR=/srv/calib calib engine prepare
+    """
     layout = EngineLayout.default()
     t0 = time.monotonic()
     try:
@@ -48,7 +55,14 @@ def start(
     port: int | None = typer.Option(None, help="Port to listen on (default 8011)."),
     host: str | None = typer.Option(None, help="Interface to bind (default 127.0.0.1)."),
 ) -> None:
-    """Launch the engine, wait until it is healthy and print its OpenAI base URL."""
+    """Launch the engine, wait until it is healthy and print its OpenAI base URL.
+
+    Examples:
+
+      calib engine start
+
+      calib engine start --port 8012
+    """
     overrides = {k: v for k, v in {"port": port, "host": host}.items() if v is not None}
     settings = EngineSettings(**overrides)
     t0 = time.monotonic()
@@ -68,7 +82,14 @@ def start(
 
 @app.command()
 def stop(port: int | None = typer.Option(None, help="Port of the engine (default 8011).")) -> None:
-    """Stop the engine started on PORT."""
+    """Stop the engine started on PORT.
+
+    Examples:
+
+      calib engine stop
+
+      calib engine stop --port 8012
+    """
     port = EngineSettings().port if port is None else port
     if engine.stop(EngineLayout.default(), port):
         console.print(f"engine on port {port} stopped")
@@ -78,7 +99,12 @@ def stop(port: int | None = typer.Option(None, help="Port of the engine (default
 
 @app.command()
 def status() -> None:
-    """List engines started from this data directory, with their health."""
+    """List engines started from this data directory, with their health.
+
+    Examples:
+
+      calib engine status
+    """
     found = engine.status(EngineLayout.default())
     layout = EngineLayout.default()
     console.print(

@@ -47,7 +47,14 @@ def create(
     db: DbOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Create a key and print it once (it cannot be shown again)."""
+    """Create a key and print it once (it cannot be shown again).
+
+    Examples:
+
+      calib keys create --name team-a --role client --tenant team-a
+
+      calib keys create --name ops --role admin --db postgresql+psycopg://calib@db/calib
+    """
     if role not in ("client", "admin"):
         _err.print(f"[red]--role must be client or admin, not {role!r}[/red]")
         raise typer.Exit(2)
@@ -72,7 +79,12 @@ def list_keys(
     db: DbOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """List keys (names, roles, tenants and prefixes; never the keys themselves)."""
+    """List keys (names, roles, tenants and prefixes; never the keys themselves).
+
+    Examples:
+
+      calib keys list
+    """
     store = _open(db, config)
     try:
         records = store.list_keys(include_revoked=all_keys)
@@ -110,7 +122,12 @@ def revoke(
     db: DbOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Revoke a key (running gateways stop accepting it within seconds)."""
+    """Revoke a key (running gateways stop accepting it within seconds).
+
+    Examples:
+
+      calib keys revoke team-a
+    """
     store = _open(db, config)
     try:
         revoked = store.revoke_key(name)

@@ -73,7 +73,16 @@ def optimize_prompt(
     config: Annotated[str | None, typer.Option("--config", help="YAML settings file.")] = None,
     resume: Annotated[str | None, typer.Option("--resume", help="Job id to resume.")] = None,
 ) -> None:
-    """Search for the system prompt with the best accuracy/ECE; activate it if it wins held out."""
+    """Search for the system prompt with the best accuracy/ECE; activate it if it wins held out.
+
+    Examples:
+
+      calib optimize-prompt --model gemma-3-270m --dataset questions.jsonl --budget 20
+
+      calib optimize-prompt --model my-vlm --from-feedback --k 3 --m 3 --n 4
+
+      calib optimize-prompt --model my-vlm --resume 7
+    """
     settings = load_settings(db=db, upstream=upstream, config=config)
     try:
         store = Store.open(settings.database_url)

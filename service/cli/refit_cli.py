@@ -55,7 +55,14 @@ def refit(
     db: DbOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Refit calibration profiles from labeled predictions (for cron / CronJob)."""
+    """Refit calibration profiles from labeled predictions (for cron / CronJob).
+
+    Examples:
+
+      calib refit --db sqlite:///$HOME/.cache/mllm-calib/calib.db
+
+      calib refit --model gemma-3-270m --task cloze --db postgresql+psycopg://calib@db/calib
+    """
     from service.refit import RefitConfig, run_refit
 
     settings, store = _open(db, config)
@@ -103,7 +110,12 @@ def history(
     db: DbOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """List the stored versions of (model, task), newest first."""
+    """List the stored versions of (model, task), newest first.
+
+    Examples:
+
+      calib profile history --model gemma-3-270m --task cloze
+    """
     _, store = _open(db, config)
     try:
         versions = store.profile_history(model, task)
@@ -136,7 +148,12 @@ def rollback(
     db: DbOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Re-activate an earlier version of (model, task); recorded in the audit log."""
+    """Re-activate an earlier version of (model, task); recorded in the audit log.
+
+    Examples:
+
+      calib profile rollback --model gemma-3-270m --version 3 --task cloze
+    """
     _, store = _open(db, config)
     try:
         previous = store.active_version(model, task)

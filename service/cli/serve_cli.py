@@ -27,7 +27,17 @@ def serve(
     ),
     log_level: str = typer.Option("info", help="uvicorn log level."),
 ) -> None:
-    """Serve the calibration gateway (OpenAI-compatible API on /v1)."""
+    """Serve the calibration gateway (OpenAI-compatible API on /v1).
+
+    Examples:
+
+      calib serve --upstream http://127.0.0.1:8011/v1
+
+      calib serve --host 0.0.0.0 --workers 4 --config calib.yaml \
+      --db postgresql+psycopg://calib@db/calib
+
+      CALIB_ADMIN_KEY=sk-calib-admin calib serve --upstream http://vllm:8000/v1
+    """
     import uvicorn
     from pydantic import ValidationError
 

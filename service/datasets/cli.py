@@ -25,7 +25,14 @@ def build(
     form: str = typer.Option("all", help="cloze, options, idk or all."),
     style: str = typer.Option("completion", help="completion (few-shot prompt) or chat."),
 ) -> None:
-    """Build a question set and write it to OUT."""
+    """Build a question set and write it to OUT.
+
+    Examples:
+
+      calib dataset build --out questions.jsonl
+
+      calib dataset build --out mcq.jsonl --form options --style chat --n 50 --seed 3
+    """
     forms = FORMS if form == "all" else (form,)
     if any(f not in FORMS for f in forms):
         raise typer.BadParameter(f"--form must be one of {', '.join(FORMS)} or all")
