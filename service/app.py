@@ -27,7 +27,7 @@ from service import metrics
 from service.auth import check_open_mode
 from service.body_limit import BodyLimitMiddleware
 from service.calibration_health import make_calibration_source
-from service.errors import install_error_handlers
+from service.errors import document_errors, install_error_handlers
 from service.profiles import ProfileCache
 from service.refit import RefitRunner, RefitScheduler
 from service.routes import calibration, feedback, health, prompt_opt, proxy
@@ -115,6 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Reachable before the lifespan runs too (e.g. for tests that inspect the app).
     app.state.settings = settings
     install_error_handlers(app)
+    document_errors(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.include_router(proxy.router)
     app.include_router(feedback.router)

@@ -12,7 +12,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger(__name__)
@@ -129,3 +131,62 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             error_body("Internal error in the calibration gateway.", 500), status_code=500
         )
+
+
+# ------------------------------------------------------------------------ the documented shape
+
+
+class ErrorDetail(BaseModel):
+    """The inside of every error body (OpenAI's shape)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    message: str
+    type: str
+    param: str | None
+    code: str | int | None  # ours are strings; an upstream's (vLLM) may be its HTTP status
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx body of the gateway: `{"error": {"message", "type", "param", "code"}}`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error: ErrorDetail
+
+
+def document_errors(app: FastAPI) -> None:
+    """Make the OpenAPI spec say what the gateway really answers on errors: `ErrorResponse` for
+    any 4xx/5xx (FastAPI's default `HTTPValidationError` 422 is replaced — our handler answers
+    422 in OpenAI's shape). Checked by schemathesis in tests/security/test_fuzz_openapi.py."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        spec = get_openapi(
+            title=app.title,
+            version=app.version,
+            summary=app.summary,
+            description=app.description,
+            routes=app.routes,
+        )
+        schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+        error_schema = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(error_schema.pop("$defs", {}))
+        schemas["ErrorResponse"] = error_schema
+        ref = {"$ref": "#/components/schemas/ErrorResponse"}
+        for operations in spec.get("paths", {}).values():
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                responses.pop("422", None)
+                for status, what in (("4XX", "Client error"), ("5XX", "Gateway or upstream error")):
+                    responses[status] = {
+                        "description": f"{what}, in OpenAI's error shape.",
+                        "content": {"application/json": {"schema": ref}},
+                    }
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(unused, None)
+        app.openapi_schema = spec
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]
