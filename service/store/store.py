@@ -15,7 +15,7 @@ import math
 import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -715,8 +715,13 @@ def _result(
     )
 
 
+_PREDICTION_FIELDS = tuple(f.name for f in fields(PredictionRecord))
+
+
 def _prediction_row(record: PredictionRecord) -> dict[str, Any]:
-    row = asdict(record)
+    # Shallow: `_json_safe` below builds fresh containers anyway (asdict's deep copy cost more
+    # than the INSERT itself on the write-behind thread, which holds the GIL).
+    row = {name: getattr(record, name) for name in _PREDICTION_FIELDS}
     row["features"] = _json_safe(row["features"] or {})
     row["options"] = _json_safe(row["options"])
     row["request_content"] = _json_safe(row["request_content"])
