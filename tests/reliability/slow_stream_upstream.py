@@ -1,6 +1,6 @@
 """An upstream double whose streams pause between chunks (held streams for load tests).
 
-    python -m tests.reliability.slow_stream_upstream --port N --chunks 10 --interval 1.0
+python -m tests.reliability.slow_stream_upstream --port N --chunks 10 --interval 1.0
 """
 
 from __future__ import annotations
