@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.isotonic import IsotonicRegression
 
 __all__ = ["IsotonicCalibrator"]
 
@@ -26,6 +25,9 @@ class IsotonicCalibrator:
         y = np.asarray(correct, dtype=float).reshape(-1)
         if x.size == 0 or x.size != y.size:
             raise ValueError("need the same, non-zero number of confidences and labels")
+        # imported here: scikit-learn costs ~90 MB and ~1 s, and only fitting needs it
+        from sklearn.isotonic import IsotonicRegression
+
         model = IsotonicRegression(
             y_min=_EPS, y_max=1.0 - _EPS, increasing=True, out_of_bounds="clip"
         ).fit(x, y)

@@ -10,7 +10,6 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
-from scipy.stats import rankdata
 
 __all__ = [
     "ReliabilityBin",
@@ -117,6 +116,8 @@ def auroc(conf: Any, correct: Any) -> float:
     n_neg = c.size - n_pos
     if n_pos == 0 or n_neg == 0:
         return float("nan")
+    from scipy.stats import rankdata  # lazily: scipy.stats costs ~70 MB at import
+
     ranks = rankdata(c)  # average ranks handle ties
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 

@@ -21,7 +21,6 @@ from functools import lru_cache
 from typing import Any, Literal
 
 import numpy as np
-from scipy.stats import binom
 
 __all__ = ["ThresholdChoice", "select_threshold"]
 
@@ -55,6 +54,8 @@ def _abstain_all(conf: np.ndarray) -> float:
 
 def _p_values(errors: np.ndarray, n: np.ndarray, alpha: float, kind: str) -> np.ndarray:
     """p-values of H0: risk > alpha, from e errors among n answered items (n >= 1)."""
+    from scipy.stats import binom  # lazily: scipy.stats costs ~70 MB at import in the gateway
+
     if kind == "binomial":
         return binom.cdf(errors, n, alpha)
     if kind == "hb":
