@@ -6,7 +6,8 @@ in a worker process of the gateway (`RefitRunner`), in a thread, and in `calib r
 Steps (docs/refit.md):
 
 1. take the lease ``refit:<model>:<task>``; if another holder has it, stop: status ``busy``,
-   reason "another replica is refitting" (nothing recorded);
+   reason "another replica is refitting" (nothing recorded); likewise when another attempt
+   finished after this one was requested (overlapping triggers coalesce into one refit);
 2. record the attempt (`profile_events`, status ``running``);
 3. optionally require ``min_new_labels`` labels newer than the last finished refit (the
    scheduler's trigger, re-checked under the lease so two replicas never fit the same data);
@@ -178,16 +179,35 @@ def run_refit(
     trigger: str = "manual",
     holder: str | None = None,
     min_new_labels: int = 0,
+    requested_at: datetime | None = None,
 ) -> RefitOutcome:
-    """Run one attempt (see the module docstring); never raises for a failed fit."""
+    """Run one attempt (see the module docstring); never raises for a failed fit.
+
+    Triggers that overlap coalesce: if another attempt on (model, task) finished after this
+    one was requested (`requested_at`, default now), this one reports ``busy`` too instead of
+    fitting the same labels again right after it.
+    """
     refit_id = refit_id or new_refit_id()
     holder = f"{holder or replica_id()}:{refit_id}"
     started = utcnow()
+    requested_at = requested_at or started
     t0 = time.perf_counter()
     outcome = RefitOutcome(refit_id, model, task, "running", "", trigger, started_at=started)
     name = lease_name(model, task)
     if not store.acquire_lease(name, holder, config.lease_ttl_s):
         outcome.status, outcome.reason = "busy", BUSY_REASON
+        outcome.finished_at = utcnow()
+        outcome.duration_s = time.perf_counter() - t0
+        return outcome
+    try:
+        last = store.last_refit(model, task)
+    except StoreError:
+        last = None
+    if last is not None and last.finished_at is not None and last.finished_at >= requested_at:
+        store.release_lease(name, holder)
+        outcome.status = "busy"
+        outcome.reason = f"{BUSY_REASON} (its attempt {last.id} finished while this one waited)"
+        outcome.version = last.version
         outcome.finished_at = utcnow()
         outcome.duration_s = time.perf_counter() - t0
         return outcome

@@ -110,14 +110,16 @@ class RefitRunner:
     ) -> RefitOutcome:
         """Run one attempt off the event loop and return its outcome."""
         refit_id = refit_id or new_refit_id()
+        requested_at = utcnow()
         self._remember(
-            RefitOutcome(refit_id, model, task, "running", "", trigger, started_at=utcnow())
+            RefitOutcome(refit_id, model, task, "running", "", trigger, started_at=requested_at)
         )
         kwargs = {
             "refit_id": refit_id,
             "trigger": trigger,
             "holder": self.replica,
             "min_new_labels": min_new_labels,
+            "requested_at": requested_at,
         }
         try:
             outcome = await self._execute(model, task, kwargs)
