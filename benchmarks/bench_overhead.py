@@ -99,6 +99,28 @@ def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] * 1000
 
 
+def scrape_overhead(base: str) -> tuple[float, float, int]:
+    """(overhead seconds, request seconds, requests) summed from the gateway's own histograms.
+
+    `calib_gateway_overhead_seconds` is the request's wall time minus the time spent waiting on
+    the upstream, measured inside the gateway: against a slow, noisy engine it isolates the
+    gateway's share far better than a difference of two end-to-end percentiles.
+    """
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    totals = {"overhead": 0.0, "duration": 0.0, "count": 0.0}
+    for line in text.splitlines():
+        if 'endpoint="/v1/chat/completions"' not in line:
+            continue
+        name, value = line.split("{", 1)[0], float(line.rsplit(" ", 1)[1])
+        if name == "calib_gateway_overhead_seconds_sum":
+            totals["overhead"] += value
+        elif name == "calib_request_duration_seconds_sum":
+            totals["duration"] += value
+        elif name == "calib_request_duration_seconds_count":
+            totals["count"] += value
+    return totals["overhead"], totals["duration"], int(totals["count"])
+
+
 def _taskset(cpus: str | None) -> list[str]:
     return ["taskset", "-c", cpus] if cpus else []
 
@@ -116,6 +138,8 @@ class Row:
     gateway_rps: float
     cpu_ms: float
     errors: int
+    inside_ms: float = float("nan")  # mean overhead measured by the gateway itself
+    inside_share: float = float("nan")  # its share of the gateway's request time
 
     @property
     def added_p50(self) -> float:
@@ -189,7 +213,8 @@ class Bench:
         _wait(f"{base}/models", self.upstream)
         _wait(f"http://127.0.0.1:{gw_port}/healthz", self.gateway)
         self.direct_url = f"{base}/chat/completions"
-        self.gateway_url = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
+        self.gateway_base = f"http://127.0.0.1:{gw_port}"
+        self.gateway_url = f"{self.gateway_base}/v1/chat/completions"
         self.model = args.model or httpx.get(f"{base}/models", timeout=10).json()["data"][0]["id"]
 
     def close(self) -> None:
@@ -210,11 +235,13 @@ class Bench:
         d_runs: list[LoadResult] = []
         g_runs: list[LoadResult] = []
         cpu: list[float] = []
+        inside: list[tuple[float, float, int]] = []
         for _ in range(args.repeat):
             d_runs.append(
                 runner.run(run_load(self.direct_url, direct_body, n, concurrency, warmup=warmup))
             )
             cpu0 = cpu_seconds(self.gateway.pid)
+            before = scrape_overhead(self.gateway_base)
             g_runs.append(
                 runner.run(
                     run_load(
@@ -229,6 +256,8 @@ class Bench:
             )
             done = len(g_runs[-1].latencies) + max(warmup, concurrency)
             cpu.append((cpu_seconds(self.gateway.pid) - cpu0) / done * 1000)
+            after = scrape_overhead(self.gateway_base)
+            inside.append(tuple(a - b for a, b in zip(after, before, strict=True)))  # type: ignore[arg-type]
 
         def lat(run: LoadResult) -> list[float]:
             return run.ttfts if stream else run.latencies
@@ -245,6 +274,8 @@ class Bench:
             gateway_rps=_median([r.rps for r in g_runs]),
             cpu_ms=_median(cpu),
             errors=sum(r.errors for r in d_runs + g_runs),
+            inside_ms=_median([o / n * 1000 for o, _, n in inside if n]),
+            inside_share=_median([o / d for o, d, _ in inside if d]),
         )
 
 
@@ -263,6 +294,8 @@ def format_table(rows: list[Row], *, markdown: bool = False) -> str:
         "rps gateway",
         "ratio",
         "gw CPU/req",
+        "overhead inside",
+        "share",
         "errors",
     ]
     body = [
@@ -280,6 +313,8 @@ def format_table(rows: list[Row], *, markdown: bool = False) -> str:
             f"{r.gateway_rps:.0f}",
             f"{r.ratio:.2f}",
             f"{r.cpu_ms:.2f} ms",
+            f"{r.inside_ms:.2f} ms",
+            f"{100 * r.inside_share:.1f} %",
             str(r.errors),
         ]
         for r in rows
