@@ -77,44 +77,24 @@ def replica_id() -> str:
 
 
 @dataclass(frozen=True)
-class RefitConfig:
-    """The refit settings (picklable: it crosses into the worker process)."""
+class RefitConfig(RefitPolicy):
+    """The refit settings: the fit policy plus the data window and the lease (picklable: it
+    crosses into the worker process)."""
 
-    min_labels: int = 50
-    holdout_fraction: float = 0.3
-    isotonic_min_labels: int = 1000
-    threshold_method: str = "ltt"
-    target_risk: float = 0.1
-    delta: float = 0.1
-    target_coverage: float | None = None
     max_age_s: float | None = 30 * 86400.0
     max_labels: int = 1_000_000
     lease_ttl_s: float = 600.0
 
     @classmethod
     def from_settings(cls, settings: Any) -> RefitConfig:
-        return cls(
-            min_labels=settings.refit_min_labels,
-            holdout_fraction=settings.refit_holdout_fraction,
-            isotonic_min_labels=settings.refit_isotonic_min_labels,
-            threshold_method=settings.refit_threshold_method,
-            target_risk=settings.refit_target_risk,
-            delta=settings.refit_delta,
-            target_coverage=settings.refit_target_coverage,
-            max_age_s=settings.refit_max_age_s,
-            max_labels=settings.refit_max_labels,
-            lease_ttl_s=settings.refit_lease_ttl_s,
-        )
+        """Every `refit_<name>` setting that names a field of this class."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls(**{name: getattr(settings, f"refit_{name}") for name in names})
 
     def policy(self) -> RefitPolicy:
+        """Just the fit policy, for `calibrators.refit.refit_profile`."""
         return RefitPolicy(
-            min_labels=self.min_labels,
-            holdout_fraction=self.holdout_fraction,
-            isotonic_min_labels=self.isotonic_min_labels,
-            threshold_method=self.threshold_method,
-            target_risk=self.target_risk,
-            delta=self.delta,
-            target_coverage=self.target_coverage,
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(RefitPolicy)}
         )
 
 
