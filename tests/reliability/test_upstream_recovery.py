@@ -126,8 +126,9 @@ def test_every_fault_then_normal_service_on_the_same_process(tmp_path):
 
             # Recovered: normal answers and streams, concurrently, on the same process.
             double.reply = lambda path, body: (
-                StreamReply(chat_stream(STEPS)) if body.get("stream") else None
-            ) or JSONReply(chat_response(STEPS))
+                (StreamReply(chat_stream(STEPS)) if body.get("stream") else None)
+                or JSONReply(chat_response(STEPS))
+            )
             with ThreadPoolExecutor(16) as pool:
                 answers = list(pool.map(one, range(32)))
             assert {r.status_code for r in answers} == {200}
