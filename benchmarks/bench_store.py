@@ -180,7 +180,8 @@ async def _writer_run(url: str, total: int) -> tuple[float, float]:
             if writer.pending != last:
                 last, stalled_at = writer.pending, time.perf_counter()
             elif time.perf_counter() - stalled_at > 10:
-                # Seen once on a loaded machine: the background task had stopped draining.
+                # Safety net only: the "stalled" stage seen in full runs was not this (pending
+                # was 0; `close()` below hung, fixed in service/store/writer.py `_run`).
                 task = writer._task
                 print(
                     f"  PredictionWriter stalled with {writer.pending} pending "
@@ -216,7 +217,10 @@ def bench_writes(url: str, backend: str, total: int) -> tuple[list[list[str]], l
             ]
         )
     except TimeoutError:
-        # Seen in full runs (not reproduced standalone): docs/performance.md, "Open questions".
+        # Safety net only. The stall seen in full runs was `writer.close()` waiting forever for a
+        # background task that had lost its cancellation (Python 3.11 `wait_for`; fixed in
+        # service/store/writer.py). `close()` suppresses a cancellation aimed at itself, so that
+        # hang ended here as a normal row after 120 s, not as "stalled".
         rows.append([backend, "PredictionWriter (batch 256)", f"{total}", "stalled (>120 s)", ""])
     growth = [
         [backend, f"{size:,}", f"{rate:,.0f}"]

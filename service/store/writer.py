@@ -138,12 +138,17 @@ class PredictionWriter:
             loop.call_soon_threadsafe(self._wake.set)
 
     async def _run(self) -> None:
-        while True:
+        while not self._closed:  # also stops if a cancellation from `close()` is ever swallowed
             delay = self.flush_interval_s
             if self._backoff_s:
                 delay = max(delay, self._retry_at - time.monotonic())
+            # Not `asyncio.wait_for(self._wake.wait(), ...)`: on Python 3.11 it wraps the wait in
+            # a task and, if cancelled after that task finished (woken) but before this one
+            # resumed, returns normally: the cancellation from `close()` was lost, this loop kept
+            # going and `close()` waited for it forever. `asyncio.timeout` cancels in place.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=max(delay, 0.0))
+                async with asyncio.timeout(max(delay, 0.0)):
+                    await self._wake.wait()
             self._wake.clear()
             if self._backoff_s and time.monotonic() < self._retry_at:
                 continue

@@ -166,3 +166,36 @@ async def test_close_gives_up_on_a_dead_store_and_counts_the_loss(locked_sqlite,
     writer.submit(make_prediction())  # after close: counted, not raised
     assert writer.dropped == 11
     locker.execute("ROLLBACK")
+
+
+@pytest.mark.timeout(60)
+async def test_close_returns_when_called_right_after_the_writer_was_woken(
+    tmp_path: Path, make_prediction
+) -> None:
+    """`close()` arriving in the few loop turns between a wake-up (a full batch submitted) and the
+    background task resuming must still stop the task. On Python 3.11 `asyncio.wait_for` swallowed
+    that cancellation: the task kept running and `close()` waited for it forever (the benchmark's
+    "stalled" PredictionWriter stage)."""
+    store = Store.open(f"sqlite:///{tmp_path / 'calib.db'}")
+    try:
+        for turns in range(4):  # how many loop turns pass between the wake-up and close()
+            writer = PredictionWriter(store, flush_interval_s=30, batch_size=1)
+            await writer.start()
+            await asyncio.sleep(0)  # the background task now waits to be woken
+            record = make_prediction()
+            writer.submit(record)  # a full batch: wakes it
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            closing = asyncio.ensure_future(writer.close())
+            # Not `wait_for`: cancelling a hung close() would cancel the task and hide the hang.
+            done, _ = await asyncio.wait({closing}, timeout=5)
+            if not done:
+                assert writer._task is not None
+                writer._task.cancel()  # clean up, then fail
+                await closing
+            assert done, f"close() did not return ({turns} loop turns after the wake-up)"
+            assert writer._task is None
+            assert (writer.written, writer.pending, writer.dropped) == (1, 0, 0)
+            assert store.get_prediction(record.id) is not None
+    finally:
+        store.close()
