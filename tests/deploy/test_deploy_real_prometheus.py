@@ -9,11 +9,8 @@ Every wait is bounded; the process is stopped at the end.
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -26,6 +23,7 @@ from service import metrics
 from service.metrics import CalibrationState
 from service.routes.metrics import router
 from tests.deploy.paths import DASHBOARD, PROMETHEUS_DIR
+from tests.processes import prometheus_query, running_prometheus, wait_for
 from tests.upstream_double import ServerThread
 
 pytestmark = pytest.mark.deploy
@@ -33,27 +31,6 @@ pytestmark = pytest.mark.deploy
 KNOWN_ECE = 0.0421
 START_TIMEOUT_S = 60.0
 QUERY_TIMEOUT_S = 60.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except httpx.HTTPError as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; last: {last!r}")
 
 
 def _profile() -> Profile:
@@ -102,55 +79,14 @@ def prometheus(
             }
         ],
     }
-    (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = _free_port()
-    log = (workdir / "prometheus.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            prometheus_binary,
-            f"--config.file={workdir / 'prometheus.yml'}",
-            f"--storage.tsdb.path={workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--log.level=warn",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-
-        def ready() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"prometheus exited: {_tail(workdir / 'prometheus.log')}")
-            return httpx.get(f"{url}/-/ready", timeout=2).status_code == 200
-
-        _wait_for("prometheus to be ready", ready, START_TIMEOUT_S)
+    with running_prometheus(prometheus_binary, config, workdir, START_TIMEOUT_S) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
-        log.close()
-
-
-def _tail(path: Path) -> str:
-    return path.read_text(errors="replace")[-2000:]
-
-
-def _query(url: str, promql: str) -> dict[str, Any]:
-    response = httpx.get(f"{url}/api/v1/query", params={"query": promql}, timeout=5)
-    body = response.json()
-    assert body["status"] == "success", (promql, body)
-    return body["data"]
 
 
 def test_promql_returns_the_calibrated_ece_of_the_active_profile(prometheus: str) -> None:
-    result = _wait_for(
+    result = wait_for(
         "calib_ece to be scraped",
-        lambda: _query(prometheus, 'calib_ece{stage="calibrated"}')["result"],
+        lambda: prometheus_query(prometheus, 'calib_ece{stage="calibrated"}')["result"],
         QUERY_TIMEOUT_S,
     )
     (series,) = result
@@ -166,7 +102,7 @@ def test_the_scrape_is_healthy(prometheus: str) -> None:
         targets = body["data"]["activeTargets"]
         return targets if targets and targets[0]["health"] != "unknown" else []
 
-    (target,) = _wait_for("the first scrape", active_targets, QUERY_TIMEOUT_S)
+    (target,) = wait_for("the first scrape", active_targets, QUERY_TIMEOUT_S)
     assert target["health"] == "up", target["lastError"]
 
 
@@ -177,7 +113,7 @@ def test_the_alert_rules_load_and_evaluate(prometheus: str) -> None:
         rules = [rule for group in found for rule in group["rules"]]
         return found if rules and all(r["health"] != "unknown" for r in rules) else []
 
-    found = _wait_for("rule evaluation", groups, QUERY_TIMEOUT_S)
+    found = wait_for("rule evaluation", groups, QUERY_TIMEOUT_S)
     rules = [rule for group in found for rule in group["rules"]]
     assert len(rules) == len(
         [
@@ -202,4 +138,6 @@ def test_every_dashboard_query_is_valid_promql(prometheus: str) -> None:
             .replace('"$model"', '".*"')
             .replace('"$task"', '".*"')
         )
-        _query(prometheus, promql)  # asserts status == success (a parse error is status=error)
+        prometheus_query(
+            prometheus, promql
+        )  # asserts status == success (a parse error is status=error)

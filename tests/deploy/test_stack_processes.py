@@ -20,10 +20,8 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -46,6 +44,7 @@ from tests.deploy.deploy_files import (
     load_compose,
 )
 from tests.deploy.paths import PROMETHEUS_DIR, REPO
+from tests.processes import free_port, prometheus_query, running_prometheus, wait_for
 from tests.upstream_double import JSONReply, UpstreamDouble, chat_response
 
 pytestmark = [pytest.mark.deploy, pytest.mark.postgres]
@@ -57,25 +56,8 @@ OPTIONS = ["A", "B", "C", "D"]
 GATEWAY_JOB = "mllm-calib-gateway"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _wait_for(what: str, check: Callable[[], Any], timeout: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except httpx.HTTPError as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; last: {last!r}")
+    return wait_for(what, check, timeout)
 
 
 def _stop(proc: subprocess.Popen[bytes], timeout: float = GRACE_S) -> int:
@@ -171,7 +153,7 @@ def _replica_env(
     engine_address = urlsplit(engine.base_url).netloc
     env |= {
         "CALIB_HOST": "127.0.0.1",  # 0.0.0.0 in the container
-        "CALIB_PORT": str(_free_port()),
+        "CALIB_PORT": str(free_port()),
         "CALIB_DATA_DIR": str(data_dir),
         "CALIB_CONFIG": str(REPO / mounts[env["CALIB_CONFIG"]]),
         "CALIB_UPSTREAM": env["CALIB_UPSTREAM"].replace("vllm:8000", engine_address),
@@ -258,39 +240,12 @@ def prometheus(
     config["global"]["evaluation_interval"] = "1s"
     for rule_file in config["rule_files"]:
         (workdir / rule_file).write_text((PROMETHEUS_DIR / rule_file).read_text())
-    (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = _free_port()
-    log = workdir / "prometheus.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                prometheus_binary,
-                f"--config.file={workdir / 'prometheus.yml'}",
-                f"--storage.tsdb.path={workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--log.level=warn",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-
-        def ready() -> bool:
-            assert proc.poll() is None, f"prometheus exited: {_tail(log)}"
-            return httpx.get(f"{url}/-/ready", timeout=2).status_code == 200
-
-        _wait_for("prometheus to be ready", ready)
+    with running_prometheus(prometheus_binary, config, workdir, WAIT_S) as url:
         yield url
-    finally:
-        _stop(proc, 15)
 
 
 def _query(url: str, promql: str) -> list[dict[str, Any]]:
-    body = httpx.get(f"{url}/api/v1/query", params={"query": promql}, timeout=5).json()
-    assert body["status"] == "success", (promql, body)
-    return body["data"]["result"]
+    return prometheus_query(url, promql)["result"]
 
 
 # ----------------------------------------------------------------------------- the checks
