@@ -107,7 +107,9 @@ def test_replace_degrades_to_annotate_when_streaming(client, double):
 def test_stream_without_logprobs_degrades(client, double):
     double.reply = StreamReply(chat_stream(STEPS, logprobs=False))
     with stream_chat(client) as r:
+        assert r.status_code == 200, r.read()
         got = events(r)
+    assert got[-1] == "[DONE]", got
     assert got[-2]["calibration"]["confidence"] is None
     assert got[-2]["calibration"]["reason"] == "upstream_returned_no_logprobs"
 
