@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -125,27 +128,37 @@ def _collect(report: PageReport, message: dict[str, Any]) -> None:
 def inspect_page(url: str, *, screenshot: bool = False, timeout_s: float = 30.0) -> PageReport:
     """Load `url` in a fresh headless Chromium and return what it saw."""
     port = _free_port()
-    with tempfile.TemporaryDirectory() as profile:
-        process = subprocess.Popen(
-            [
-                chromium_binary(),
-                *CHROMIUM_FLAGS,
-                f"--user-data-dir={profile}",
-                f"--remote-debugging-port={port}",
-                "about:blank",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            ws_url = _page_socket(port, time.monotonic() + timeout_s)
-            return asyncio.run(_inspect(ws_url, url, screenshot, timeout_s))
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    process = subprocess.Popen(
+        [
+            chromium_binary(),
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            f"--remote-debugging-port={port}",
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: its helper processes stop with it
+    )
+    try:
+        ws_url = _page_socket(port, time.monotonic() + timeout_s)
+        return asyncio.run(_inspect(ws_url, url, screenshot, timeout_s))
+    finally:
+        _stop_group(process)
+        # Chromium's helpers may still flush into the profile as they exit: best effort.
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def _stop_group(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
 
 
 def file_url(path: Path) -> str:
