@@ -23,14 +23,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import httpx
-
 from service.calibration_request import CalibrationPlan
 from service.confidence import Outcome, calibrate_choice
 from service.errors import APIError
 from service.request_body import LogprobWish
 from service.shaping import trim_chat_choice, trim_completion_choice
-from service.upstream import upstream_error_from
+from service.upstream import UpstreamResponse, UpstreamTransportError, upstream_error_from
 
 __all__ = ["StreamContext", "relay"]
 
@@ -106,7 +104,7 @@ class StreamContext:
 
 
 async def relay(
-    response: httpx.Response, ctx: StreamContext, upstream_s: float = 0.0
+    response: UpstreamResponse, ctx: StreamContext, upstream_s: float = 0.0
 ) -> AsyncIterator[bytes]:
     """Forward the upstream SSE stream, then the calibration chunk and `[DONE]`.
 
@@ -158,7 +156,7 @@ async def relay(
             if ctx.rename:
                 chunk["model"] = ctx.model
             yield b"data: " + _dumps(chunk) + b"\n\n"
-    except httpx.HTTPError as exc:
+    except UpstreamTransportError as exc:
         error = upstream_error_from(exc)
         error.code = "upstream_stream_dropped"
         logger.warning("upstream stream broke: %s", error.message)

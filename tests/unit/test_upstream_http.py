@@ -1,0 +1,331 @@
+"""The lean upstream client (service/upstream_http.py) against real loopback TCP servers.
+
+Each server here is a few lines of asyncio that answers with exact bytes, so a test controls
+what the wire carries: keep-alive or not, chunked or close-delimited bodies, stale connections,
+stalls, garbage. The gateway-level behaviour (status codes, error shapes) is pinned in
+tests/api/test_upstream_errors.py and tests/reliability/test_upstream_recovery.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+
+from service.upstream_http import UpstreamHTTP, UpstreamTransportError
+
+
+class Wire:
+    """A loopback server that counts connections and requests and runs one handler per request."""
+
+    def __init__(self, answer: Callable[[int, bytes], Awaitable[bytes | None]]) -> None:
+        self.answer = answer
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.writers: list[asyncio.StreamWriter] = []
+        self.handlers: list[asyncio.Task] = []
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.writers.append(writer)
+        self.handlers.append(asyncio.current_task())  # type: ignore[arg-type]
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                body = await reader.readexactly(length)
+                self.requests.append(head + body)
+                reply = await self.answer(len(self.requests), body)
+                if reply is None:  # the handler wants the connection cut
+                    break
+                writer.write(reply)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+@asynccontextmanager
+async def wire(answer: Callable[[int, bytes], Awaitable[bytes | None]]) -> AsyncIterator[tuple]:
+    server_state = Wire(answer)
+    server = await asyncio.start_server(server_state.serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield server_state, f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.close()
+        for writer in server_state.writers:
+            writer.close()
+        await asyncio.wait_for(asyncio.gather(*server_state.handlers), 5)
+
+
+def ok(body: bytes, *, extra: bytes = b"") -> bytes:
+    return (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\n"
+        + extra
+        + b"\r\n"
+        + body
+    )
+
+
+def client(**kwargs: float) -> UpstreamHTTP:
+    options = {"max_connections": 4, "timeout": 2.0, "connect_timeout": 2.0} | kwargs
+    return UpstreamHTTP(**options)  # type: ignore[arg-type]
+
+
+async def test_keep_alive_reuses_one_connection_and_sends_the_body() -> None:
+    async def echo(n: int, body: bytes) -> bytes:
+        return ok(b'{"n": %d, "got": %s}' % (n, body))
+
+    async with wire(echo) as (state, base):
+        http = client()
+        for n in range(1, 4):
+            response = await http.request("POST", f"{base}/chat/completions", body=b'"x"')
+            assert response.status == 200
+            assert await response.read() == b'{"n": %d, "got": "x"}' % n
+        await http.aclose()
+    assert state.connections == 1
+    first = state.requests[0]
+    assert first.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
+    assert b"\r\nHost: 127.0.0.1:" in first and first.endswith(b'\r\n\r\n"x"')
+
+
+async def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None:
+    async def close_after(n: int, body: bytes) -> bytes:
+        return ok(b"{}", extra=b"Connection: close\r\n")
+
+    async with wire(close_after) as (state, base):
+        http = client()
+        for _ in range(3):
+            response = await http.request("GET", f"{base}/models")
+            assert await response.read() == b"{}"
+        await http.aclose()
+    assert state.connections == 3
+
+
+async def test_a_stale_keep_alive_connection_is_retried_once_on_a_new_one() -> None:
+    """The server drops the connection without answering the second request (as a server whose
+    keep-alive timer fired just then does); the client must not surface that as an error."""
+
+    async def drop_second(n: int, body: bytes) -> bytes | None:
+        return None if n == 2 else ok(b'{"n": %d}' % n)
+
+    async with wire(drop_second) as (state, base):
+        http = client()
+        assert await (await http.request("GET", f"{base}/models")).read() == b'{"n": 1}'
+        assert await (await http.request("GET", f"{base}/models")).read() == b'{"n": 3}'
+        await http.aclose()
+    assert state.connections == 2
+
+
+async def test_a_fresh_connection_dropped_before_answering_is_a_protocol_error() -> None:
+    async def drop(n: int, body: bytes) -> None:
+        return None
+
+    async with wire(drop) as (_, base):
+        http = client()
+        with pytest.raises(UpstreamTransportError) as caught:
+            await http.request("GET", f"{base}/models")
+        assert caught.value.kind == "protocol"
+        await http.aclose()
+
+
+async def test_chunked_streams_split_into_lines_across_chunk_boundaries() -> None:
+    events = b'data: {"a": 1}\r\n\r\ndata: {"b": "\xc3\xa9"}\n\ndata: [DONE]\n\n'
+    chunks = [events[:7], events[7:23], events[23:]]
+    wire_body = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
+    head = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+
+    async def stream(n: int, body: bytes) -> bytes:
+        return head + wire_body
+
+    async with wire(stream) as (state, base):
+        http = client()
+        for _ in range(2):
+            response = await http.request("POST", f"{base}/chat/completions", body=b"{}")
+            assert response.headers["content-type"] == "text/event-stream"
+            lines = [line async for line in response.aiter_lines()]
+            await response.aclose()
+            assert lines == ['data: {"a": 1}', "", 'data: {"b": "é"}', "", "data: [DONE]", ""]
+        await http.aclose()
+    assert state.connections == 1  # a stream read to its end leaves the connection reusable
+
+
+async def test_a_close_delimited_body_ends_at_eof() -> None:
+    async def old_style(n: int, body: bytes) -> bytes | None:
+        return b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + b'{"old": true}'
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(await old_style(1, b""))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    http = client()
+    try:
+        response = await http.request("GET", f"http://127.0.0.1:{port}/v1/models")
+        assert await response.read() == b'{"old": true}'
+    finally:
+        await http.aclose()
+        server.close()
+
+
+async def test_a_body_cut_short_raises_instead_of_returning_half() -> None:
+    async def half(n: int, body: bytes) -> bytes | None:
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 400\r\n\r\n" + b"{" * 100
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(await half(1, b""))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    http = client()
+    try:
+        response = await http.request("GET", f"http://127.0.0.1:{port}/v1/models")
+        with pytest.raises(UpstreamTransportError) as caught:
+            await response.read()
+        assert caught.value.kind == "protocol"
+    finally:
+        await http.aclose()
+        server.close()
+
+
+async def test_no_answer_within_the_timeout_is_a_timeout_and_frees_the_slot() -> None:
+    release = asyncio.Event()
+
+    async def stall(n: int, body: bytes) -> bytes:
+        if n == 1:
+            await release.wait()
+        return ok(b"{}")
+
+    async with wire(stall) as (_, base):
+        http = client(max_connections=1, timeout=0.3)
+        with pytest.raises(UpstreamTransportError) as caught:
+            await http.request("GET", f"{base}/models")
+        assert caught.value.kind == "timeout"
+        release.set()
+        # The single slot was given back: the next request gets a connection and an answer.
+        assert await (await http.request("GET", f"{base}/models")).read() == b"{}"
+        await http.aclose()
+
+
+async def test_in_flight_requests_are_bounded_and_waiting_too_long_is_a_timeout() -> None:
+    gate = asyncio.Event()
+    in_flight = 0
+    most = 0
+
+    async def slow(n: int, body: bytes) -> bytes:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await gate.wait()
+        in_flight -= 1
+        return ok(b"{}")
+
+    async with wire(slow) as (_, base):
+        http = client(max_connections=2, timeout=5.0)
+
+        async def one() -> bytes:
+            return await (await http.request("GET", f"{base}/models")).read()
+
+        tasks = [asyncio.create_task(one()) for _ in range(5)]
+        await asyncio.sleep(0.2)
+        assert most == 2
+        gate.set()
+        assert await asyncio.gather(*tasks) == [b"{}"] * 5
+        assert most == 2
+
+        gate.clear()
+        waiting = UpstreamHTTP(max_connections=1, timeout=0.3, connect_timeout=1.0)
+        first = asyncio.create_task(waiting.request("GET", f"{base}/models"))
+        await asyncio.sleep(0.05)
+        with pytest.raises(UpstreamTransportError) as caught:
+            await waiting.request("GET", f"{base}/models")
+        assert caught.value.kind == "timeout"
+        with pytest.raises(UpstreamTransportError):
+            await first  # its own headers never came either
+        gate.set()
+        await http.aclose()
+        await waiting.aclose()
+
+
+async def test_refused_is_a_connect_error_and_garbage_is_a_protocol_error() -> None:
+    probe = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = probe.sockets[0].getsockname()[1]
+    probe.close()
+    await probe.wait_closed()
+    http = client()
+    with pytest.raises(UpstreamTransportError) as caught:
+        await http.request("GET", f"http://127.0.0.1:{port}/v1/models")
+    assert caught.value.kind == "connect"
+
+    async def garbage(n: int, body: bytes) -> bytes:
+        return b"this is not HTTP at all\r\n\r\n"
+
+    async with wire(garbage) as (_, base):
+        with pytest.raises(UpstreamTransportError) as caught:
+            await http.request("GET", f"{base}/models")
+        assert caught.value.kind == "protocol"
+    await http.aclose()
+
+
+async def test_a_large_stream_is_read_whole_with_flow_control() -> None:
+    line = b"data: " + b"x" * 1000 + b"\n\n"
+    body = line * 500  # ~0.5 MB, far above the client's read-ahead bound
+
+    async def big(n: int, _: bytes) -> bytes:
+        return (
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: %d\r\n\r\n%s"
+            % (
+                len(body),
+                body,
+            )
+        )
+
+    async with wire(big) as (_, base):
+        http = client()
+        response = await http.request("POST", f"{base}/chat/completions", body=b"{}")
+        count = 0
+        async for text in response.aiter_lines():
+            if text:
+                count += 1
+                await asyncio.sleep(0) if count % 50 else await asyncio.sleep(0.01)
+        await response.aclose()
+        assert count == 500
+        await http.aclose()
+
+
+async def test_closing_a_stream_early_closes_its_connection() -> None:
+    async def endless(n: int, body: bytes) -> bytes:
+        if n > 1:
+            return ok(b"{}")
+        return (
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n8\r\ndata: 1\n\r\n"
+        )
+
+    async with wire(endless) as (state, base):
+        http = client(max_connections=1)
+        response = await http.request("POST", f"{base}/chat/completions", body=b"{}")
+        lines = response.aiter_lines()
+        assert await anext(lines) == "data: 1"
+        await response.aclose()
+        # The half-read connection is not reused; the freed slot serves the next request.
+        assert await (await http.request("GET", f"{base}/models")).read() == b"{}"
+        await http.aclose()
+    assert state.connections == 2
