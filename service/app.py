@@ -29,6 +29,7 @@ from service.body_limit import BodyLimitMiddleware
 from service.calibration_health import make_calibration_source
 from service.errors import document_errors, install_error_handlers
 from service.profiles import ProfileCache
+from service.proxy_fast_path import ProxyFastPath
 from service.refit import RefitRunner, RefitScheduler
 from service.routes import calibration, feedback, health, prompt_opt, proxy
 from service.routes import metrics as metrics_routes
@@ -116,6 +117,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     document_errors(app)
+    # Added first, so it runs inside the body limit (later additions wrap earlier ones).
+    app.add_middleware(ProxyFastPath)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.include_router(proxy.router)
     app.include_router(feedback.router)

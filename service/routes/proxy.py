@@ -58,7 +58,7 @@ from service.store import PredictionRecord
 from service.streaming import StreamContext, relay
 from service.upstream import error_kind
 
-__all__ = ["router"]
+__all__ = ["complete", "router"]
 
 logger = logging.getLogger(__name__)
 
@@ -278,7 +278,8 @@ def _observe_failure(
     metrics.observe_request(model, endpoint, error.status, total_s, upstream_s)
 
 
-async def _complete(request: Request, principal: Principal, legacy: bool) -> Response:
+async def complete(request: Request, principal: Principal, legacy: bool) -> Response:
+    """Serve one (chat) completion end to end; shared by the routes below and `ProxyFastPath`."""
     endpoint = "/v1/completions" if legacy else "/v1/chat/completions"
     clock = time.perf_counter
     started = clock()
@@ -399,13 +400,13 @@ async def chat_completions(
     request: Request, principal: Principal = Depends(authenticate)
 ) -> Response:
     """OpenAI chat completion, forwarded to the engine, with a `calibration` object added."""
-    return await _complete(request, principal, legacy=False)
+    return await complete(request, principal, legacy=False)
 
 
 @router.post("/v1/completions", openapi_extra=_COMPLETIONS_DOC, summary="Text completion")
 async def completions(request: Request, principal: Principal = Depends(authenticate)) -> Response:
     """Legacy text completion, forwarded to the engine, with a `calibration` object added."""
-    return await _complete(request, principal, legacy=True)
+    return await complete(request, principal, legacy=True)
 
 
 @router.get("/v1/models", summary="List models")
