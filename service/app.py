@@ -28,6 +28,7 @@ from service.auth import check_open_mode
 from service.body_limit import BodyLimitMiddleware
 from service.calibration_health import make_calibration_source
 from service.errors import document_errors, install_error_handlers
+from service.memory_trim import ActivityCounter, IdleMemoryTrimmer
 from service.profiles import ProfileCache
 from service.proxy_fast_path import ProxyFastPath
 from service.refit import RefitRunner, RefitScheduler
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         writer = None
         upstream = None
         runner = scheduler = None
+        trimmer: IdleMemoryTrimmer | None = None
         try:
             warning = await _maybe_await(await asyncio.to_thread(check_open_mode, settings, store))
             if warning:
@@ -71,6 +73,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
             await writer.start()
             upstream = Upstream(settings)
+            trimmer = IdleMemoryTrimmer()
+            trimmer.start()
+            app.state.memory_trimmer = trimmer
             app.state.settings = settings
             app.state.store = store
             app.state.writer = writer
@@ -93,6 +98,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
             yield
         finally:
+            if trimmer is not None:
+                await trimmer.stop()
             if scheduler is not None:
                 await scheduler.stop()
             if runner is not None:
@@ -120,6 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Added first, so it runs inside the body limit (later additions wrap earlier ones).
     app.add_middleware(ProxyFastPath)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ActivityCounter)  # outermost: sees every request (memory_trim.py)
     app.include_router(proxy.router)
     app.include_router(feedback.router)
     app.include_router(health.router)

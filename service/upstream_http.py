@@ -290,9 +290,11 @@ class UpstreamHTTP:
         self.connect_timeout = connect_timeout
         self.keepalive_expiry = keepalive_expiry
         self._slots = asyncio.Semaphore(max_connections)
-        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        # Per upstream: idle connections, most recently used on the right (reused first).
+        self._idle: dict[tuple[str, str, int], collections.deque[_Connection]] = {}
         self._ssl: ssl.SSLContext | None = None
         self._closed = False
+        self._reaper: asyncio.TimerHandle | None = None
 
     async def request(
         self,
@@ -415,14 +417,41 @@ class UpstreamHTTP:
     def release(self, conn: _Connection, *, reusable: bool) -> None:
         """Return a connection after its response (called once per request)."""
         if reusable and not self._closed:
-            conn.idle_since = time.monotonic()
-            self._idle.setdefault(conn.key, []).append(conn)
+            now = time.monotonic()
+            conn.idle_since = now
+            idle = self._idle.get(conn.key)
+            if idle is None:
+                idle = self._idle[conn.key] = collections.deque()
+            idle.append(conn)
+            # The least recently used end holds the connections a burst left behind: close
+            # those the server closed or that expired, so they do not linger after the burst.
+            oldest_ok = now - self.keepalive_expiry
+            while idle[0].closed or idle[0].idle_since < oldest_ok:
+                idle.popleft().close()
+            if self._reaper is None:
+                loop = asyncio.get_running_loop()
+                self._reaper = loop.call_later(self.keepalive_expiry, self._reap)
         else:
             conn.close()
         self._slots.release()
 
+    def _reap(self) -> None:
+        """Close expired idle connections even when no traffic comes to do it (after a burst,
+        hundreds of connections would otherwise stay open until the server drops them)."""
+        self._reaper = None
+        oldest_ok = time.monotonic() - self.keepalive_expiry
+        for idle in self._idle.values():
+            while idle and (idle[0].closed or idle[0].idle_since < oldest_ok):
+                idle.popleft().close()
+        if any(self._idle.values()) and not self._closed:
+            loop = asyncio.get_running_loop()
+            self._reaper = loop.call_later(self.keepalive_expiry, self._reap)
+
     async def aclose(self) -> None:
         self._closed = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
         for idle in self._idle.values():
             for conn in idle:
                 conn.close()

@@ -26,6 +26,7 @@ class Wire:
         self.requests: list[bytes] = []
         self.writers: list[asyncio.StreamWriter] = []
         self.handlers: list[asyncio.Task] = []
+        self.ended = 0  # connections closed (by either side)
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -48,6 +49,7 @@ class Wire:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
+            self.ended += 1
             writer.close()
 
 
@@ -329,3 +331,50 @@ async def test_closing_a_stream_early_closes_its_connection() -> None:
         assert await (await http.request("GET", f"{base}/models")).read() == b"{}"
         await http.aclose()
     assert state.connections == 2
+
+
+async def test_connections_a_burst_left_idle_are_closed_once_expired() -> None:
+    gate = asyncio.Event()
+
+    async def held(n: int, body: bytes) -> bytes:
+        await gate.wait()
+        return ok(b"{}")
+
+    async with wire(held) as (state, base):
+        http = client(keepalive_expiry=0.2)
+
+        async def one() -> bytes:
+            return await (await http.request("GET", f"{base}/models")).read()
+
+        burst = [asyncio.create_task(one()) for _ in range(3)]
+        await asyncio.sleep(0.1)
+        gate.set()
+        await asyncio.gather(*burst)
+        assert state.connections == 3 and state.ended == 0  # all three kept alive
+        # Steady light traffic reuses the most recent connection; the two others expire and
+        # are closed on a later release, not left open until traffic peaks again.
+        for _ in range(10):
+            assert await one() == b"{}"
+            await asyncio.sleep(0.05)
+        for _ in range(50):
+            if state.ended == 2:
+                break
+            await asyncio.sleep(0.02)
+        assert state.connections == 3 and state.ended == 2
+        await http.aclose()
+
+
+async def test_idle_connections_are_closed_after_expiry_without_further_traffic() -> None:
+    async def answer(n: int, body: bytes) -> bytes:
+        return ok(b"{}")
+
+    async with wire(answer) as (state, base):
+        http = client(keepalive_expiry=0.2)
+        assert await (await http.request("GET", f"{base}/models")).read() == b"{}"
+        assert state.ended == 0
+        for _ in range(100):
+            if state.ended == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert state.ended == 1  # closed by the client's reaper; the server keeps it forever
+        await http.aclose()
