@@ -30,11 +30,20 @@ def rss_bytes(pid: int) -> int:
 class Serve:
     """`calib serve` in its own process (the way operators run it), on a free loopback port."""
 
-    def __init__(self, tmp_path: Path, upstream: str, db: str, **env: object) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        upstream: str,
+        db: str,
+        *,
+        process_env: dict[str, str] | None = None,
+        **env: object,
+    ) -> None:
+        """`env` becomes `CALIB_*` settings; `process_env` is passed as is (e.g. PYTHONMALLOC)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp_path / f"serve-{self.port}.log"
-        environ = {**os.environ, "CALIB_DATA_DIR": str(tmp_path)}
+        environ = {**os.environ, **(process_env or {}), "CALIB_DATA_DIR": str(tmp_path)}
         environ.update({f"CALIB_{k.upper()}": str(v) for k, v in env.items()})
         command = [sys.executable, "-m", "clients.cli", "serve", "--port", str(self.port)]
         command += ["--upstream", upstream, "--db", db]

@@ -1,7 +1,12 @@
 """Many concurrent streaming clients held open against `calib serve` (a real process): no errors,
-and the gateway's resident memory stays bounded and returns near its idle level afterwards.
+and the gateway's resident memory stays bounded.
 
-Default suite: 200 clients × ~10 s. `-m soak`: 1,000 clients × ~60 s (README, "Longer checks").
+Default suite: 200 clients × ~10 s, and RSS returns near idle afterwards. `-m soak` (README,
+"Longer checks"): 1,000 clients × ~60 s, twice, with the default allocator — after a burst of that
+size CPython's small-object arenas stay fragmented, so RSS settles at a plateau above idle; the
+test asserts the plateau does not grow with a second burst (no leak) — and once with
+`PYTHONMALLOC=malloc`, where the idle trimmer (service/memory_trim.py) gives the memory back and
+RSS returns near idle (docs/performance.md, "Memory").
 """
 
 from __future__ import annotations
@@ -66,7 +71,16 @@ def _settle(pid: int, seconds: float = 3.0) -> int:
     return rss_bytes(pid)
 
 
-def _load(tmp_path: Path, clients: int, chunks: int, interval: float) -> dict[str, float]:
+def _load(
+    tmp_path: Path,
+    clients: int,
+    chunks: int,
+    interval: float,
+    *,
+    bursts: int = 1,
+    returns_to_idle: bool = True,
+    process_env: dict[str, str] | None = None,
+) -> dict[str, object]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = min(hard, max(soft, 4 * clients + 512))
     resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
@@ -82,6 +96,7 @@ def _load(tmp_path: Path, clients: int, chunks: int, interval: float) -> dict[st
         tmp_path,
         f"http://127.0.0.1:{up_port}/v1",
         f"sqlite:///{tmp_path / 'calib.db'}",
+        process_env=process_env,
         refit_enabled="false",
         upstream_max_connections=clients + 64,  # hold every stream upstream at once
     )
@@ -99,35 +114,44 @@ def _load(tmp_path: Path, clients: int, chunks: int, interval: float) -> dict[st
         _run_clients(serve.port, 20, 0.5)
         idle = _settle(serve.pid)
         peak = [idle]
-        stop = threading.Event()
+        after: list[int] = []
+        errors: list[str] = []
+        held: list[float] = []
+        for _ in range(bursts):
+            stop = threading.Event()
 
-        def sample() -> None:
-            while not stop.wait(0.5):
-                peak.append(rss_bytes(serve.pid))
+            def sample(stop: threading.Event = stop) -> None:
+                while not stop.wait(0.5):
+                    peak.append(rss_bytes(serve.pid))
 
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        t0 = time.monotonic()
-        results = _run_clients(serve.port, clients, ramp_s=min(5.0, chunks * interval / 4))
-        held = time.monotonic() - t0
-        stop.set()
-        sampler.join()
-        after = _settle(serve.pid, 5.0)
-        errors = [r for r in results if r is not None]
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            t0 = time.monotonic()
+            results = _run_clients(serve.port, clients, ramp_s=min(5.0, chunks * interval / 4))
+            held.append(time.monotonic() - t0)
+            stop.set()
+            sampler.join()
+            after.append(_settle(serve.pid, 5.0))
+            errors += [r for r in results if r is not None]
         stats = {
             "clients": clients,
-            "seconds": held,
+            "bursts": bursts,
+            "seconds": [round(h, 1) for h in held],
             "errors": len(errors),
-            "rss_idle_mb": idle / MB,
-            "rss_peak_mb": max(peak) / MB,
-            "rss_after_mb": after / MB,
+            "rss_idle_mb": round(idle / MB, 1),
+            "rss_peak_mb": round(max(peak) / MB, 1),
+            "rss_after_mb": [round(a / MB, 1) for a in after],
         }
         print(f"\nload: {stats}; first errors: {errors[:3]}")
         assert not errors, errors[:5]
-        assert max(peak) < RSS_LIMIT
-        # Back near idle: within 25 % of idle or 40 MB (allocator arenas keep some pages).
-        assert after < max(idle * 1.25, idle + 40 * MB), stats
-        assert held >= chunks * interval  # the streams really were held
+        assert max(peak) < RSS_LIMIT, stats
+        if returns_to_idle:
+            # Back near idle: within 25 % of idle or 40 MB (allocator arenas keep some pages).
+            assert after[-1] < max(idle * 1.25, idle + 40 * MB), stats
+        if bursts > 1:
+            # The same burst again leaves memory where the first left it (bounded, no leak).
+            assert after[-1] < after[0] + 20 * MB, stats
+        assert min(held) >= chunks * interval  # the streams really were held
         return stats
     finally:
         serve.stop()
@@ -140,5 +164,11 @@ def test_200_streaming_clients_for_10_seconds(tmp_path):
 
 
 @pytest.mark.soak
-def test_1000_streaming_clients_for_a_minute(tmp_path):
-    _load(tmp_path, clients=1000, chunks=30, interval=2.0)
+def test_1000_streaming_clients_for_a_minute_twice_memory_plateaus(tmp_path):
+    _load(tmp_path, clients=1000, chunks=30, interval=2.0, bursts=2, returns_to_idle=False)
+
+
+@pytest.mark.soak
+def test_1000_streaming_clients_with_system_malloc_return_to_idle(tmp_path):
+    env = {"PYTHONMALLOC": "malloc"}
+    _load(tmp_path, clients=1000, chunks=30, interval=2.0, process_env=env)
