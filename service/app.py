@@ -114,6 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await asyncio.to_thread(store.close)
 
     app = FastAPI(
+        **_telemetry_options(settings),
         title="mllm-calib gateway",
         version="0.1.0",
         summary="OpenAI-compatible proxy in front of vLLM that adds calibrated confidence, "
@@ -135,6 +136,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(calibration.router)
     app.include_router(prompt_opt.router)
     return app
+
+
+def _telemetry_options(settings: Settings) -> dict[str, object]:
+    """FastAPI's native OpenTelemetry switched off unless asked for (older FastAPI has none)."""
+    if settings.opentelemetry or "telemetry" not in inspect.signature(FastAPI).parameters:
+        return {}
+    return {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
 
 
 def _redact(url: str) -> str:
