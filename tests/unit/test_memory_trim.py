@@ -15,7 +15,7 @@ def test_malloc_trim_is_available_on_glibc() -> None:
     assert malloc_trim() is True
 
 
-async def _wait_for(condition, seconds: float = 2.0) -> bool:  # type: ignore[no-untyped-def]
+async def _wait_for(condition, seconds: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
     for _ in range(int(seconds / 0.01)):
         if condition():
             return True
@@ -25,7 +25,7 @@ async def _wait_for(condition, seconds: float = 2.0) -> bool:  # type: ignore[no
 
 async def test_trims_only_when_idle_after_traffic() -> None:
     activity = ProcessActivity()
-    trimmer = IdleMemoryTrimmer(activity, interval_s=0.02)
+    trimmer = IdleMemoryTrimmer(activity, interval_s=0.02, min_gap_s=1.0)
     trimmer.start()
     try:
         await asyncio.sleep(0.1)
@@ -41,6 +41,8 @@ async def test_trims_only_when_idle_after_traffic() -> None:
         assert trimmer.trims == 1  # once per quiet period, not on every tick
 
         activity.served = 7
+        await asyncio.sleep(0.1)
+        assert trimmer.trims == 1  # not again within min_gap_s
         assert await _wait_for(lambda: trimmer.trims == 2)
     finally:
         await trimmer.stop()
