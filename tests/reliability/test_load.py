@@ -2,9 +2,9 @@
 and the gateway's resident memory stays bounded.
 
 Default suite: 200 clients × ~10 s, and RSS returns near idle afterwards. `-m soak` (README,
-"Longer checks"): 1,000 clients × ~60 s, twice, with the default allocator — after a burst of that
-size CPython's small-object arenas stay fragmented, so RSS settles at a plateau above idle; the
-test asserts the plateau does not grow with a second burst (no leak) — and once with
+"Longer checks"): 1,000 clients × ~60 s, three times, with the default allocator — after a burst
+of that size CPython's small-object arenas stay fragmented, so RSS settles at a plateau above
+idle; the test asserts the plateau does not grow with the third burst (no leak) — and once with
 `PYTHONMALLOC=malloc`, where the idle trimmer (service/memory_trim.py) gives the memory back and
 RSS returns near idle (docs/performance.md, "Memory").
 """
@@ -148,9 +148,10 @@ def _load(
         if returns_to_idle:
             # Back near idle: within 25 % of idle or 40 MB (allocator arenas keep some pages).
             assert after[-1] < max(idle * 1.25, idle + 40 * MB), stats
-        if bursts > 1:
-            # The same burst again leaves memory where the first left it (bounded, no leak).
-            assert after[-1] < after[0] + 20 * MB, stats
+        if bursts > 2:
+            # Bounded, no leak: the same burst again leaves memory where the previous one did.
+            # (The first two fill CPython's arenas: measured 229 → 242 → 243 → 244 MB.)
+            assert after[-1] < after[-2] + 10 * MB, stats
         assert min(held) >= chunks * interval  # the streams really were held
         return stats
     finally:
@@ -164,8 +165,8 @@ def test_200_streaming_clients_for_10_seconds(tmp_path):
 
 
 @pytest.mark.soak
-def test_1000_streaming_clients_for_a_minute_twice_memory_plateaus(tmp_path):
-    _load(tmp_path, clients=1000, chunks=30, interval=2.0, bursts=2, returns_to_idle=False)
+def test_1000_streaming_clients_for_a_minute_three_times_memory_plateaus(tmp_path):
+    _load(tmp_path, clients=1000, chunks=30, interval=2.0, bursts=3, returns_to_idle=False)
 
 
 @pytest.mark.soak
