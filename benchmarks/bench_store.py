@@ -27,7 +27,6 @@ import math
 import os
 import pwd
 import random
-import resource
 import shutil
 import subprocess
 import sys
@@ -289,11 +288,21 @@ def load_labels(url: str, n: int) -> None:
         store.close()
 
 
-def _rss_kb() -> int:
+def _status_kb(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field):
             return int(line.split()[1])
     return 0
+
+
+def _rss_kb() -> int:
+    return _status_kb("VmRSS:")
+
+
+def _peak_rss_kb() -> int:
+    """This process image's peak RSS. Not `ru_maxrss`: on Linux that carries the parent's peak
+    across fork + exec, so a child of a big benchmark process reported the parent's 333 MB."""
+    return _status_kb("VmHWM:")
 
 
 def refit_child(url: str) -> None:
@@ -305,7 +314,7 @@ def refit_child(url: str) -> None:
     start = time.perf_counter()
     outcome = run_refit(store, RefitConfig(), MODEL, TASK)
     seconds = time.perf_counter() - start
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_kb = _peak_rss_kb()
     store.close()
     print(
         json.dumps(
