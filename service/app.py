@@ -75,7 +75,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             upstream = Upstream(settings)
             trimmer = IdleMemoryTrimmer()
             trimmer.start()
-            app.state.memory_trimmer = trimmer
             app.state.settings = settings
             app.state.store = store
             app.state.writer = writer

@@ -89,6 +89,14 @@ class APIError(Exception):
         )
 
 
+def internal_error_response(method: str, path: str) -> JSONResponse:
+    """Log the exception being handled; answer 500 in OpenAI's shape (no traceback leaks)."""
+    logger.exception("unhandled error on %s %s", method, path)
+    return JSONResponse(
+        error_body("Internal error in the calibration gateway.", 500), status_code=500
+    )
+
+
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     errors = exc.errors()
     if not errors:
@@ -127,10 +135,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(
-            error_body("Internal error in the calibration gateway.", 500), status_code=500
-        )
+        return internal_error_response(request.method, request.url.path)
 
 
 # ------------------------------------------------------------------------ the documented shape

@@ -19,7 +19,6 @@ return; with `PYTHONMALLOC=malloc` it can (docs/performance.md §5).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import ctypes.util
 import gc
@@ -27,6 +26,8 @@ import math
 from collections.abc import Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.background import cancel_and_wait
 
 __all__ = [
     "PROCESS_ACTIVITY",
@@ -117,11 +118,8 @@ class IdleMemoryTrimmer:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -15,19 +15,15 @@ It sits inside `BodyLimitMiddleware`, so the body cap applies unchanged.
 
 from __future__ import annotations
 
-import logging
-
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.auth import authenticate
-from service.errors import APIError, error_body
+from service.errors import APIError, internal_error_response
 from service.routes.proxy import complete
 
 __all__ = ["ProxyFastPath"]
-
-logger = logging.getLogger(__name__)
 
 #: path → legacy (text completions) flag
 _HOT_PATHS = {"/v1/chat/completions": False, "/v1/completions": True}
@@ -56,8 +52,5 @@ class ProxyFastPath:
         except ClientDisconnect:
             return  # nobody to answer
         except Exception:
-            logger.exception("unhandled error on POST %s", scope["path"])
-            response = JSONResponse(
-                error_body("Internal error in the calibration gateway.", 500), status_code=500
-            )
+            response = internal_error_response("POST", scope["path"])
         await response(scope, receive, send)

@@ -108,6 +108,10 @@ class _Connection(asyncio.Protocol):
             self.response.on_connection_lost()
 
     # -- helpers --------------------------------------------------------------------------------
+    def stale(self, oldest_ok: float) -> bool:
+        """Closed by the server, or idle since before `oldest_ok` (monotonic seconds)."""
+        return self.closed or self.idle_since < oldest_ok
+
     def close(self) -> None:
         self.closed = True
         if self.transport is not None:
@@ -387,7 +391,7 @@ class UpstreamHTTP:
         oldest_ok = time.monotonic() - self.keepalive_expiry
         while idle:
             conn = idle.pop()
-            if not conn.closed and conn.idle_since >= oldest_ok:
+            if not conn.stale(oldest_ok):
                 return conn
             conn.close()
         return None
@@ -417,17 +421,11 @@ class UpstreamHTTP:
     def release(self, conn: _Connection, *, reusable: bool) -> None:
         """Return a connection after its response (called once per request)."""
         if reusable and not self._closed:
-            now = time.monotonic()
-            conn.idle_since = now
+            conn.idle_since = time.monotonic()
             idle = self._idle.get(conn.key)
             if idle is None:
                 idle = self._idle[conn.key] = collections.deque()
             idle.append(conn)
-            # The least recently used end holds the connections a burst left behind: close
-            # those the server closed or that expired, so they do not linger after the burst.
-            oldest_ok = now - self.keepalive_expiry
-            while idle[0].closed or idle[0].idle_since < oldest_ok:
-                idle.popleft().close()
             if self._reaper is None:
                 loop = asyncio.get_running_loop()
                 self._reaper = loop.call_later(self.keepalive_expiry, self._reap)
@@ -436,12 +434,13 @@ class UpstreamHTTP:
         self._slots.release()
 
     def _reap(self) -> None:
-        """Close expired idle connections even when no traffic comes to do it (after a burst,
-        hundreds of connections would otherwise stay open until the server drops them)."""
+        """Close expired idle connections from the least recently used end, with or without
+        traffic: after a burst, hundreds of connections would otherwise stay open until the
+        server drops them (reuse takes the most recent ones, so the rest never expire by use)."""
         self._reaper = None
         oldest_ok = time.monotonic() - self.keepalive_expiry
         for idle in self._idle.values():
-            while idle and (idle[0].closed or idle[0].idle_since < oldest_ok):
+            while idle and idle[0].stale(oldest_ok):
                 idle.popleft().close()
         if any(self._idle.values()) and not self._closed:
             loop = asyncio.get_running_loop()

@@ -19,11 +19,11 @@ Finding candidates is cheap: each poll asks which pairs got labels since the pre
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import datetime, timedelta
 from typing import Any
 
+from service.background import cancel_and_wait
 from service.refit.job import FINISHED_STATUSES
 from service.refit.runner import RefitRunner
 from service.store import Store
@@ -53,11 +53,8 @@ class RefitScheduler:
         self._task = asyncio.create_task(self._loop(), name="refit-scheduler")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _loop(self) -> None:
         while True:

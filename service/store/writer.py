@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from service.background import cancel_and_wait
 from service.store.errors import StoreError, StoreUnavailable
 from service.store.records import PredictionRecord
 
@@ -103,11 +104,8 @@ class PredictionWriter:
     async def close(self) -> None:
         """Stop the background task and write what is pending (bounded by `close_timeout_s`)."""
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         deadline = time.monotonic() + self.close_timeout_s
         while self._pending:
             try:

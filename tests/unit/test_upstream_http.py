@@ -174,48 +174,41 @@ async def test_chunked_streams_split_into_lines_across_chunk_boundaries() -> Non
     assert state.connections == 1  # a stream read to its end leaves the connection reusable
 
 
-async def test_a_close_delimited_body_ends_at_eof() -> None:
-    async def old_style(n: int, body: bytes) -> bytes | None:
-        return b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + b'{"old": true}'
+@asynccontextmanager
+async def answer_then_close(reply: bytes) -> AsyncIterator[str]:
+    """A server that answers each request's head with `reply`, then closes the connection."""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
-        writer.write(await old_style(1, b""))
+        writer.write(reply)
         await writer.drain()
         writer.close()
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    http = client()
     try:
-        response = await http.request("GET", f"http://127.0.0.1:{port}/v1/models")
-        assert await response.read() == b'{"old": true}'
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
     finally:
-        await http.aclose()
         server.close()
+
+
+async def test_a_close_delimited_body_ends_at_eof() -> None:
+    reply = b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + b'{"old": true}'
+    async with answer_then_close(reply) as base:
+        http = client()
+        response = await http.request("GET", f"{base}/models")
+        assert await response.read() == b'{"old": true}'
+        await http.aclose()
 
 
 async def test_a_body_cut_short_raises_instead_of_returning_half() -> None:
-    async def half(n: int, body: bytes) -> bytes | None:
-        return b"HTTP/1.1 200 OK\r\nContent-Length: 400\r\n\r\n" + b"{" * 100
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(await half(1, b""))
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    http = client()
-    try:
-        response = await http.request("GET", f"http://127.0.0.1:{port}/v1/models")
+    reply = b"HTTP/1.1 200 OK\r\nContent-Length: 400\r\n\r\n" + b"{" * 100
+    async with answer_then_close(reply) as base:
+        http = client()
+        response = await http.request("GET", f"{base}/models")
         with pytest.raises(UpstreamTransportError) as caught:
             await response.read()
         assert caught.value.kind == "protocol"
-    finally:
         await http.aclose()
-        server.close()
 
 
 async def test_no_answer_within_the_timeout_is_a_timeout_and_frees_the_slot() -> None:

@@ -1,0 +1,17 @@
+"""Helpers for the gateway's long-running background tasks (writer, refit scheduler, trimmer)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+__all__ = ["cancel_and_wait"]
+
+
+async def cancel_and_wait(task: asyncio.Task[None] | None) -> None:
+    """Cancel `task` (if any) and wait until it has finished unwinding."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
