@@ -17,7 +17,7 @@ __all__ = ["INSTALL_HINT", "is_missing_dependency", "mount_unavailable"]
 
 INSTALL_HINT = "pip install 'mllm-calib[server]'"
 
-#: Our own top-level packages: a ModuleNotFoundError naming one of them is a bug, not a missing extra.
+#: Our own packages: a ModuleNotFoundError naming one of them is a bug, not a missing extra.
 _OWN_PACKAGES = frozenset({"calibrators", "service", "clients"})
 
 

@@ -25,3 +25,9 @@ def promtool() -> str:
 @pytest.fixture(scope="session")
 def prometheus_binary() -> str:
     return _binary("prometheus")
+
+
+@pytest.fixture(scope="session")
+def kubernetes_validate():  # type: ignore[no-untyped-def]
+    """The kubernetes-validate module (dev extra): strict schema checks of manifests."""
+    return pytest.importorskip("kubernetes_validate")

@@ -1,8 +1,9 @@
 """deploy/k8s: every manifest validates (kubernetes-validate, strict, Kubernetes 1.30), the
-kustomizations list exactly the files there, and the gateway is deployed as DESIGN §6 says.
+kustomizations list exactly the files there, and the gateway is deployed as docs/deploy.md says.
 
-The ServiceMonitor (monitoring.coreos.com/v1, a Prometheus Operator CRD) has no schema in
-kubernetes-validate: it is skipped there explicitly and its required fields are checked here.
+The ServiceMonitor and PrometheusRule (monitoring.coreos.com/v1, Prometheus Operator CRDs) have
+no schema in kubernetes-validate: they are skipped there explicitly and checked here and in
+test_k8s_monitoring.py. The kustomizations are built in test_k8s_build.py.
 """
 
 from __future__ import annotations
@@ -17,7 +18,11 @@ from tests.deploy.deploy_files import K8S_DIR, K8S_VERSION, k8s_documents, k8s_f
 
 pytestmark = pytest.mark.deploy
 
-CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CRD_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+}
+BASE_DIR = K8S_DIR / "base"
 
 
 def _docs() -> list[tuple[Path, dict[str, Any]]]:
@@ -43,11 +48,6 @@ def _env(container: dict[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
 
 
-@pytest.fixture(scope="module")
-def kubernetes_validate():  # type: ignore[no-untyped-def]
-    return pytest.importorskip("kubernetes_validate")
-
-
 DOCS = _docs()
 
 
@@ -59,7 +59,7 @@ def test_manifest_is_valid_for_kubernetes(kubernetes_validate, path: Path, docum
 
 
 def test_validation_can_fail(kubernetes_validate) -> None:
-    broken = yaml.safe_load((K8S_DIR / "gateway-hpa.yaml").read_text())
+    broken = yaml.safe_load((BASE_DIR / "gateway-hpa.yaml").read_text())
     broken["spec"]["minReplica"] = 2  # a typo strict validation must catch
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
@@ -77,7 +77,7 @@ def test_service_monitor_has_the_operator_required_fields() -> None:
         assert endpoint["path"] == "/metrics"
 
 
-@pytest.mark.parametrize("directory", [K8S_DIR, K8S_DIR / "monitoring"])
+@pytest.mark.parametrize("directory", [K8S_DIR, BASE_DIR, K8S_DIR / "monitoring"])
 def test_kustomization_resources_exist(directory: Path) -> None:
     kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
     for resource in kustomization["resources"]:
@@ -92,16 +92,21 @@ def test_every_manifest_is_in_a_kustomization_or_an_example() -> None:
             listed.add((kustomization.parent / resource).resolve())
     for path in k8s_files():
         assert path.resolve() in listed or path.parent.name == "examples", path
-    base = yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text())["resources"]
+    base = yaml.safe_load((BASE_DIR / "kustomization.yaml").read_text())["resources"]
     assert "servicemonitor.yaml" not in base  # the base applies without the Operator's CRDs
+    assert "prometheusrule.yaml" not in base
 
 
-def test_gateway_runs_at_least_two_replicas_with_probes_and_resources() -> None:
+def test_gateway_has_probes_resources_and_no_replica_count_of_its_own() -> None:
     deployment = _gateway()
-    assert deployment["spec"]["replicas"] >= 2
+    # The HPA owns the count (test_hpa_scales_the_gateway_deployment): `replicas` here would
+    # reset it at every `kubectl apply`.
+    assert "replicas" not in deployment["spec"]
     (container,) = pod_spec(deployment)["containers"]
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # Readiness is the gateway's own (its store): an engine outage must not empty the Service.
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz?exclude=upstream"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
     assert {"cpu", "memory"} <= set(container["resources"]["requests"])
     assert "memory" in container["resources"]["limits"]
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
@@ -109,6 +114,50 @@ def test_gateway_runs_at_least_two_replicas_with_probes_and_resources() -> None:
     assert annotations["prometheus.io/path"] == "/metrics"
     port = container["ports"][0]["containerPort"]
     assert annotations["prometheus.io/port"] == str(port)
+
+
+def test_the_probe_paths_answer_on_the_real_gateway_with_the_engine_down(tmp_path) -> None:
+    """Each probe path of the Deployment, on the real app whose upstream refuses connections:
+    liveness/startup and readiness stay 200 (readiness checks only the store)."""
+    import socket
+
+    import httpx
+
+    from tests.conftest import start_gateway
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    (container,) = pod_spec(_gateway())["containers"]
+    gateway = start_gateway(f"http://127.0.0.1:{dead}/v1", tmp_path / "calib.db")
+    try:
+        with httpx.Client(base_url=gateway.url, timeout=10) as client:
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                response = client.get(container[probe]["httpGet"]["path"])
+                assert response.status_code == 200, (probe, response.text)
+            ready = client.get(container["readinessProbe"]["httpGet"]["path"]).json()
+            assert ready["checks"] == {"store": "ok"}
+            assert client.get("/readyz").status_code == 503  # the full check sees the outage
+    finally:
+        gateway.server.stop()
+
+
+def test_no_workload_sets_replicas_next_to_an_hpa() -> None:
+    targets = {
+        (d["spec"]["scaleTargetRef"]["kind"], d["spec"]["scaleTargetRef"]["name"])
+        for _, d in DOCS
+        if d["kind"] == "HorizontalPodAutoscaler"
+    }
+    assert targets
+    for _, document in DOCS:
+        if (document["kind"], document["metadata"]["name"]) in targets:
+            assert "replicas" not in document["spec"], document["metadata"]["name"]
+
+
+def test_pdb_lets_a_drain_evict_unhealthy_pods() -> None:
+    pdb = _one("PodDisruptionBudget")
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    assert pdb["spec"]["minAvailable"] < _one("HorizontalPodAutoscaler")["spec"]["minReplicas"]
 
 
 @pytest.mark.parametrize("kind", ["Deployment", "CronJob"])
@@ -177,7 +226,7 @@ def test_secrets_and_config_come_from_the_secret_and_configmap() -> None:
 
 
 def test_images_are_pinned() -> None:
-    kustomization = yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text())
+    kustomization = yaml.safe_load((BASE_DIR / "kustomization.yaml").read_text())
     tags = {image["name"]: image["newTag"] for image in kustomization["images"]}
     for _, document in DOCS:
         spec = pod_spec(document)
@@ -187,3 +236,26 @@ def test_images_are_pinned() -> None:
                 assert tags.get(image, "latest") != "latest", image
             else:
                 assert not image.endswith(":latest"), image
+
+
+def test_network_policy_lets_only_the_gateway_reach_vllm() -> None:
+    policy = _one("NetworkPolicy", "vllm-from-gateway-only")
+    vllm = _one("Deployment", "vllm")
+    vllm_pods = vllm["spec"]["template"]["metadata"]["labels"]
+    gateway_pods = _gateway()["spec"]["template"]["metadata"]["labels"]
+    selected = policy["spec"]["podSelector"]["matchLabels"]
+    assert selected.items() <= vllm_pods.items()  # it applies to the vLLM pods ...
+    assert not selected.items() <= gateway_pods.items()  # ... and not to the gateway's
+    assert policy["metadata"]["namespace"] == vllm["metadata"]["namespace"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    (peer,) = rule["from"]  # one peer: no namespaceSelector, no ipBlock, no other pods
+    assert set(peer) == {"podSelector"}
+    assert peer["podSelector"]["matchLabels"].items() <= gateway_pods.items()
+    assert set(peer["podSelector"]) == {"matchLabels"}
+    (port,) = rule["ports"]
+    (container,) = pod_spec(vllm)["containers"]
+    assert port["port"] in {p["containerPort"] for p in container["ports"]}
+    # The port the gateway's upstream URL and the vLLM Service use.
+    (gateway,) = pod_spec(_gateway())["containers"]
+    assert f":{port['port']}/" in _env(gateway)["CALIB_UPSTREAM"]
