@@ -11,6 +11,7 @@ an active profile) on the interpolated file, which must agree with `docker-compo
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -47,10 +48,32 @@ def docker_compose() -> str:
     return path
 
 
-def _compose_config(binary: str, env_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "CALIB_"))}
+def _clean_env() -> dict[str, str]:
+    """This process' environment without anything docker compose would interpolate."""
+    used = compose_variables()
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("COMPOSE_", "CALIB_")) and k not in used
+    }
+
+
+def _compose_config(
+    binary: str, env_file: Path, *args: str, compose_file: Path = COMPOSE_FILE
+) -> subprocess.CompletedProcess[str]:
+    env = _clean_env()
     return subprocess.run(
-        [binary, "--env-file", str(env_file), "-f", str(COMPOSE_FILE), "config", *args],
+        [
+            binary,
+            "--env-file",
+            str(env_file),
+            "--project-directory",
+            str(REPO),
+            "-f",
+            str(compose_file),
+            "config",
+            *args,
+        ],
         capture_output=True,
         text=True,
         env=env,
@@ -66,6 +89,16 @@ def resolved(docker_compose: str) -> dict[str, Any]:
     return yaml.safe_load(result.stdout)
 
 
+@pytest.fixture(scope="module")
+def resolved_without_env(docker_compose: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """`docker compose config` with no .env at all (an empty env file, a clean environment)."""
+    empty = tmp_path_factory.mktemp("no-env") / "empty.env"
+    empty.write_text("")
+    result = _compose_config(docker_compose, empty)
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
 def test_docker_compose_config_accepts_the_file_with_env_example(resolved: dict) -> None:
     assert set(resolved["services"]) == ALWAYS | set(PROFILES.values())
 
@@ -75,7 +108,7 @@ def test_docker_compose_config_validates_each_profile(docker_compose: str, profi
     result = _compose_config(docker_compose, ENV_EXAMPLE, "--profiles")
     assert result.returncode == 0, result.stderr
     assert profile in result.stdout.split()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "CALIB_"))}
+    env = _clean_env()
     checked = subprocess.run(
         [
             docker_compose,
@@ -98,12 +131,85 @@ def test_docker_compose_config_validates_each_profile(docker_compose: str, profi
 
 
 def test_docker_compose_config_can_fail(docker_compose: str, tmp_path: Path) -> None:
-    """Not vacuous: a required variable missing from the env file is an error."""
-    env = ENV_EXAMPLE.read_text().replace("CALIB_ADMIN_KEY=", "#CALIB_ADMIN_KEY=")
-    (tmp_path / "env").write_text(env)
-    result = _compose_config(docker_compose, tmp_path / "env")
+    """Not vacuous: a depends_on condition compose does not know is an error."""
+    broken = COMPOSE_FILE.read_text().replace(
+        "condition: service_healthy", "condition: service_ready", 1
+    )
+    assert broken != COMPOSE_FILE.read_text()
+    (tmp_path / "docker-compose.yml").write_text(broken)
+    result = _compose_config(
+        docker_compose, ENV_EXAMPLE, compose_file=tmp_path / "docker-compose.yml"
+    )
     assert result.returncode != 0
-    assert "CALIB_ADMIN_KEY" in result.stderr
+    assert "service_ready" in result.stderr
+
+
+def _published(service: dict[str, Any]) -> list[tuple[str, str]]:
+    """(host interface, host port) of each published port, from `docker-compose config`."""
+    found = []
+    for port in service.get("ports", []):
+        if isinstance(port, dict):
+            found.append((port.get("host_ip", ""), str(port["published"])))
+        else:
+            host_ip, published, _ = str(port).rsplit(":", 2)
+            found.append((host_ip, published))
+    return found
+
+
+def test_without_an_env_file_every_service_gets_working_defaults(
+    resolved_without_env: dict,
+) -> None:
+    services = resolved_without_env["services"]
+    assert set(services) == ALWAYS | set(PROFILES.values())
+    vllm = [str(a) for a in services["vllm"]["command"]]
+    assert vllm[0] == "Qwen/Qwen2.5-VL-3B-Instruct"  # public: no HF_TOKEN needed
+    assert vllm[vllm.index("--served-model-name") + 1] == "qwen2.5-vl-3b"
+    gateway, postgres = environment(services["gateway"]), environment(services["postgres"])
+    assert gateway["CALIB_ADMIN_KEY"]  # the gateway refuses a public bind without keys
+    password = postgres["POSTGRES_PASSWORD"]
+    assert password and f":{password}@postgres:5432/" in gateway["CALIB_DB"]
+    assert environment(services["grafana"])["GF_SECURITY_ADMIN_PASSWORD"]
+
+
+def test_without_an_env_file_the_monitoring_and_gateway_ports_stay_on_loopback(
+    resolved_without_env: dict,
+) -> None:
+    published = {name: _published(s) for name, s in resolved_without_env["services"].items()}
+    assert published["gateway"] == [("127.0.0.1", "8080")]
+    assert published["prometheus"] == [("127.0.0.1", "9090")]
+    assert published["grafana"] == [("127.0.0.1", "3000")]
+    assert not any(published[name] for name in ("postgres", "vllm", "engine-cpu"))
+
+
+def test_each_bind_variable_moves_only_its_own_port(docker_compose: str, tmp_path: Path) -> None:
+    env = tmp_path / "env"
+    env.write_text("PROMETHEUS_BIND=0.0.0.0\nGRAFANA_BIND=10.1.2.3\n")
+    result = _compose_config(docker_compose, env)
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    assert _published(services["prometheus"]) == [("0.0.0.0", "9090")]
+    assert _published(services["grafana"]) == [("10.1.2.3", "3000")]
+    assert _published(services["gateway"]) == [("127.0.0.1", "8080")]
+
+
+def test_env_example_renders_the_same_stack_as_no_env_file(
+    resolved: dict, resolved_without_env: dict
+) -> None:
+    """.env.example only spells out the defaults: copying it changes nothing but the profile."""
+    assert resolved == resolved_without_env
+
+
+def test_every_dependency_is_waited_for_until_healthy(resolved_without_env: dict) -> None:
+    services = resolved_without_env["services"]
+    image_healthchecks = {"gateway"}  # the image's HEALTHCHECK (Dockerfile, target runtime)
+    assert services["grafana"]["depends_on"] == {"prometheus": {"condition": "service_healthy"}}
+    assert services["gateway"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    for name, service in services.items():
+        for dependency, how in (service.get("depends_on") or {}).items():
+            assert how == {"condition": "service_healthy"}, (name, dependency)
+            has_check = "healthcheck" in services[dependency] or dependency in image_healthchecks
+            assert has_check, f"{name} waits for {dependency}, which has no healthcheck"
+    assert "/api/health" in " ".join(services["grafana"]["healthcheck"]["test"])
 
 
 def test_our_interpolation_matches_docker_compose(resolved: dict) -> None:
@@ -156,12 +262,21 @@ def test_every_variable_is_documented_in_env_example_and_none_is_stale() -> None
     assert documented - used == set(), "in .env.example but docker-compose.yml never uses it"
 
 
-def test_secrets_are_required_not_defaulted() -> None:
+def test_every_variable_has_a_default_and_env_example_spells_it_out() -> None:
+    """`docker compose --profile cpu up` needs no .env; .env.example shows the same values."""
     text = COMPOSE_FILE.read_text()
-    for secret in ("CALIB_ADMIN_KEY", "POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD"):
-        assert f"${{{secret}:?" in text, f"{secret} must be required (${{{secret}:?...}})"
+    interpolate(text, {})  # no `${VAR:?...}`: nothing is required
+    example = read_env_file()
+    for name in compose_variables():
+        defaults = set(re.findall(rf"\$\{{{name}:-([^}}]*)\}}", text))
+        assert len(defaults) == 1, f"{name}: one default everywhere, found {defaults}"
+        assert example[name] == defaults.pop(), f"{name}: .env.example differs from the default"
+
+
+def test_interpolation_refuses_a_required_variable_that_is_missing() -> None:
+    """The checker itself: `${VAR:?message}` without VAR is what compose refuses."""
     with pytest.raises(MissingVariable):
-        interpolate(text, {k: v for k, v in read_env_file().items() if k != "POSTGRES_PASSWORD"})
+        interpolate("${NOT_SET:?set it}", {})
 
 
 def test_gpu_engine_is_the_official_image_with_a_gpu_and_enough_logprobs() -> None:
