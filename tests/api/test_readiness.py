@@ -1,5 +1,5 @@
 """`/readyz?exclude=upstream`: the gateway's own readiness, what the Kubernetes readinessProbe
-uses (deploy/k8s/gateway-deployment.yaml). With the engine down the pod stays in its Service and
+uses (deploy/k8s/base/gateway-deployment.yaml). With the engine down the pod stays in its Service and
 answers 502 in OpenAI's shape; with the store down it is taken out.
 """
 
