@@ -59,7 +59,8 @@ ENV PATH=/opt/venv/bin:$PATH \
 USER 10001:10001
 WORKDIR /var/lib/calib
 EXPOSE 8080
-# /healthz answers when the process serves; /readyz (store + upstream) is for load balancers.
+# /healthz answers when the process serves; load balancers use /readyz?exclude=upstream (the
+# store answers: see docs/deploy.md, Probes); plain /readyz also checks the upstream.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "/opt/calib/healthcheck.py"]
 # uvicorn handles SIGTERM: stops accepting, finishes in-flight requests, then the app's lifespan
