@@ -1,6 +1,6 @@
 """`/readyz?exclude=upstream`: the gateway's own readiness, what the Kubernetes readinessProbe
-uses (deploy/k8s/base/gateway-deployment.yaml). With the engine down the pod stays in its Service and
-answers 502 in OpenAI's shape; with the store down it is taken out.
+uses (deploy/k8s/base/gateway-deployment.yaml). With the engine down the pod stays in its
+Service and answers 502 in OpenAI's shape; with the store down it is taken out.
 """
 
 from __future__ import annotations
