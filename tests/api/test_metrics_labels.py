@@ -16,6 +16,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.known_models import model_ids
 from tests.conftest import Gateway, start_gateway
 from tests.processes import wait_for
 from tests.upstream_double import JSONReply, UpstreamDouble
@@ -122,3 +123,12 @@ def test_a_failed_refresh_keeps_the_last_list(gateway: Gateway, own_double: Upst
         assert _ask(client, "test-model") == 200
         end, _ = _scrape(client)
         assert _delta(start, end) == {"test-model": 1.0}
+
+
+def test_model_ids_read_an_openai_model_list_and_reject_anything_else() -> None:
+    body = {"object": "list", "data": [{"id": "a"}, {"id": "b"}, {"id": 3}, "c", {"id": ""}]}
+    assert model_ids(body) == frozenset({"a", "b"})
+    assert model_ids({"data": []}) == frozenset()
+    for bad in ({"models": ["a"]}, ["a"], None, {"data": "a"}):
+        with pytest.raises(ValueError):
+            model_ids(bad)

@@ -116,3 +116,10 @@ def test_the_migration_counts_refits_finished_before_it(store_url: str) -> None:
         assert abs((failed.last_finished_at - (now - timedelta(seconds=50))).total_seconds()) < 1e-3
     finally:
         store.close()
+
+
+def test_the_store_tallies_in_the_buckets_the_metric_exports() -> None:
+    from service.metrics import REFIT_BUCKETS
+    from service.store.store import REFIT_DURATION_BUCKETS
+
+    assert REFIT_DURATION_BUCKETS == REFIT_BUCKETS
