@@ -4,6 +4,8 @@ that scrapes the gateway and evaluates deploy/prometheus/alerts.yml."""
 
 from __future__ import annotations
 
+import asyncio
+import multiprocessing
 import shutil
 import subprocess
 import sys
@@ -16,6 +18,8 @@ import pytest
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.refit import RefitRunner
+from service.settings import load_settings
 from service.store import Store
 from service.store import schema as store_schema
 from tests.conftest import Gateway, start_gateway
@@ -141,3 +145,45 @@ def test_the_refit_failing_alert_fires_on_a_cli_refit_failure(gateway_on, tmp_pa
         alerts = wait_for("CalibrationRefitFailing to fire", firing, timeout=60)
         assert [a["metric"]["model"] for a in alerts] == ["mcq"]
         assert alerts[0]["metric"]["severity"] == "warning"
+
+
+async def test_a_refit_whose_worker_dies_is_recorded_and_counted_as_failed(tmp_path) -> None:
+    """The gateway's refit worker process is killed mid-refit: the audit log says failed (not
+    `running` forever) and the failure is counted in the store, so every replica's
+    `/metrics` shows it."""
+    url = f"sqlite:///{tmp_path / 'calib.db'}"
+    store = Store.open(url)
+    insert_labeled_options(store, "mcq", "big", 200_000, seed=63)
+    settings = load_settings(db=url, data_dir=tmp_path, refit_executor="process")
+    runner = RefitRunner(store, settings)
+    try:
+        before = set(multiprocessing.active_children())
+        attempt = asyncio.create_task(runner.run("mcq", "big"))
+
+        async def running() -> bool:
+            events = await asyncio.to_thread(store.profile_events, "mcq", "big")
+            return any(e.status == "running" for e in events)
+
+        for _ in range(600):
+            if await running():
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the worker never started the refit")
+        workers = set(multiprocessing.active_children()) - before
+        assert workers, "no worker process"
+        for worker in workers:
+            worker.kill()
+        outcome = await attempt
+    finally:
+        await runner.aclose()
+    try:
+        assert outcome.status == "failed", outcome
+        event = store.get_event(outcome.id)
+        assert event is not None and event.status == "failed"
+        assert event.finished_at is not None
+        assert "BrokenProcessPool" in (event.reason or "")
+        tallies = [t for t in store.refit_tallies() if t.model == "mcq"]
+        assert [(t.task, t.status, t.count) for t in tallies] == [("big", "failed", 1)]
+    finally:
+        store.close()
