@@ -196,7 +196,7 @@ def set_known_models(source: str, names: Iterable[str]) -> None:
     """Let `names` be `model` label values, as the set named `source` (replaces its last set).
 
     The app calls it with its configured models and with each fresh upstream model list
-    (`service.model_list`).
+    (`service.known_models`).
     """
     _model_label.set(source, names)
 
@@ -508,7 +508,8 @@ _HEALTH: dict[str, tuple[str, tuple[str, ...]]] = {
         ("model", "task"),
     ),
     "calib_calibration_source_up": (
-        "1 if the last read of the calibration state from the store succeeded, else 0.",
+        "1 if the last read of the calibration state and refit totals from the store succeeded, "
+        "else 0.",
         (),
     ),
 }
