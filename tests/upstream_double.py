@@ -366,18 +366,15 @@ class UpstreamDouble:
 
         if scope["method"] == "GET" and path == "/v1/models":
             reply = self.reply if isinstance(self.reply, (JSONReply, RawReply, Stall)) else None
-            reply = (
-                self.models_reply
-                or reply
-                or JSONReply(
-                    {
-                        "object": "list",
-                        "data": [
-                            {"id": m, "object": "model", "created": 0, "owned_by": "double"}
-                            for m in self.models
-                        ],
-                    }
-                )
+            reply = self.models_reply or reply
+            reply = reply or JSONReply(
+                {
+                    "object": "list",
+                    "data": [
+                        {"id": m, "object": "model", "created": 0, "owned_by": "double"}
+                        for m in self.models
+                    ],
+                }
             )
             await self._send(send, reply)
             return
