@@ -7,7 +7,9 @@ The lifespan opens what every request shares and closes it on shutdown, in this 
 3. the `ProfileCache` (active calibration profile per model and task, short TTL);
 4. the open-mode check (no API keys: allowed on loopback with a loud warning, refused on a
    public address unless `insecure`);
-5. one pooled upstream client.
+5. one pooled upstream client;
+6. the known models (configured ones plus the upstream's list, refreshed in the background):
+   the only `model` label values on `/metrics` (service/known_models.py).
 
 Shutdown flushes the writer (no accepted prediction is lost) and closes the client and store.
 Requests reach these through `request.app.state.{settings, store, writer, profiles, upstream}`.
@@ -28,6 +30,7 @@ from service.auth import check_open_mode
 from service.body_limit import BodyLimitMiddleware
 from service.calibration_health import make_calibration_source
 from service.errors import document_errors, install_error_handlers
+from service.known_models import KnownModels
 from service.memory_trim import ActivityCounter, IdleMemoryTrimmer
 from service.profiles import ProfileCache
 from service.proxy_fast_path import ProxyFastPath
@@ -60,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         writer = None
         upstream = None
         runner = scheduler = None
+        known_models: KnownModels | None = None
         trimmer: IdleMemoryTrimmer | None = None
         try:
             warning = await _maybe_await(await asyncio.to_thread(check_open_mode, settings, store))
@@ -74,6 +78,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
             await writer.start()
             upstream = Upstream(settings)
+            known_models = KnownModels(
+                upstream,
+                settings.models,
+                interval_s=settings.upstream_models_refresh_s,
+                source=f"app-{id(app):x}",
+            )
+            await known_models.start()
+            app.state.known_models = known_models
             trimmer = IdleMemoryTrimmer()
             trimmer.start()
             app.state.settings = settings
@@ -86,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             runner = RefitRunner(store, settings, profiles=app.state.profiles, state=app.state)
             app.state.refit_runner = runner
             app.state.calibration_source = make_calibration_source(store)
+            app.state.refit_source = store.refit_tallies
             if settings.refit_enabled:
                 scheduler = RefitScheduler(store, runner, settings)
                 scheduler.start()
@@ -109,6 +122,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await writer.close()
                 except Exception:
                     logger.exception("flushing predictions on shutdown failed")
+            if known_models is not None:
+                await known_models.stop()
             if upstream is not None:
                 await upstream.aclose()
             await asyncio.to_thread(store.close)

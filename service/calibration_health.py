@@ -13,6 +13,10 @@ active profile it reports:
   once at least `min_psi_sample` recent predictions exist;
 * when the last refit that fitted a challenger (activated or rejected) finished — from the audit
   log, so refits by another replica or by `calib refit` count.
+
+The refit counters, the refit-duration histogram and the last-failure time come from the
+store's refit tallies (`Store.refit_tallies`, the `refit_source` of the collector), for the same
+reason: on Kubernetes the refits run in a CronJob, a process nobody scrapes.
 """
 
 from __future__ import annotations

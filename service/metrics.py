@@ -3,18 +3,24 @@
 Two kinds of metrics, with two ways of being correct when uvicorn runs several workers:
 
 * **Request-path events** (requests, latency, upstream errors, confidences, abstentions,
-  predictions, feedback, refits) are counters and histograms updated by the `observe_*` functions
+  predictions, feedback) are counters and histograms updated by the `observe_*` functions
   below. With one worker they live in this module's `REGISTRY`. With several workers the serve
   command sets ``PROMETHEUS_MULTIPROC_DIR`` *before* any worker imports prometheus-client, every
   worker then writes its values to memory-mapped files in that directory, and `render_metrics`
   merges all files (`MultiProcessCollector`), so whichever worker answers the scrape reports the
   sum over all workers. None of these metrics is a gauge, so no multiprocess gauge mode is needed.
-* **Calibration health** (ECE, Brier, NLL, accuracy, temperature, threshold, coverage, selective
-  risk, profile version, labels, drift, last successful refit) is not process state at all:
-  `CalibrationCollector` reads the active profiles, their stored metrics and a few recent-traffic
-  statistics from a `CalibrationSource` at scrape time (cached a few seconds). Every worker and
-  every replica therefore reports the same values, straight from the store, including profiles
-  activated by another replica or by ``calib refit`` running as a cron job.
+* **Calibration health and refits** (ECE, Brier, NLL, accuracy, temperature, threshold,
+  coverage, selective risk, profile version, labels, drift, last successful and failed refit, and
+  the refit counters and duration histogram) are not process state at all: `CalibrationCollector`
+  reads the active profiles, their stored metrics, a few recent-traffic statistics and the
+  store's refit tallies at scrape time (cached a few seconds). Every worker and every replica
+  therefore reports the same values, straight from the store, including profiles activated and
+  refits run by another replica or by ``calib refit`` running as a (Kubernetes) cron job.
+
+Client-supplied label values are bounded: a `model` gets its own label value only when it is
+configured or listed by the upstream (`set_known_models`); anything else counts as ``_other``, so
+made-up names can neither add series nor push a real model out. `calib_build_info` says which
+build answers.
 
 This module holds no application wiring: the `/metrics` route (`service.routes.metrics`) decides
 where the source and the prediction writer come from.
@@ -22,9 +28,11 @@ where the source and the prediction writer come from.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import math
 import os
+import platform
 import shutil
 import threading
 import time
@@ -45,9 +53,15 @@ from prometheus_client import (
     disable_created_metrics,
     values,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.utils import floatToGoString
 
 __all__ = [
     "ABSTAIN_REASONS",
@@ -55,25 +69,32 @@ __all__ = [
     "HEALTH_METRIC_NAMES",
     "MULTIPROCESS_DIR",
     "PREDICTION_MODES",
+    "REFIT_BUCKETS",
     "REFIT_OUTCOMES",
     "REGISTRY",
     "STAGES",
     "UNKNOWN_LABEL",
     "UPSTREAM_ERROR_KINDS",
+    "BuildInfoCollector",
     "CalibrationCollector",
     "CalibrationSource",
     "CalibrationState",
     "ProfileLike",
+    "RefitSource",
+    "RefitTallyLike",
+    "build_info",
     "exported_series_names",
+    "forget_known_models",
+    "known_models",
     "observe_abstention",
     "observe_confidence",
     "observe_feedback",
     "observe_prediction",
-    "observe_refit",
     "observe_request",
     "observe_upstream_error",
     "prepare_multiprocess_dir",
     "render_metrics",
+    "set_known_models",
     "sync_prediction_writer",
 ]
 
@@ -98,12 +119,20 @@ ABSTAIN_REASONS = ("idk_option", "below_threshold")
 PREDICTION_MODES = ("options", "sequence")
 FEEDBACK_OUTCOMES = ("correct", "incorrect", "unchanged", "rejected")
 REFIT_OUTCOMES = ("activated", "rejected", "failed")
+#: A refit's stored status → its `outcome` label (a fit with too few labels did not activate).
+REFIT_OUTCOME_OF_STATUS = {
+    "activated": "activated",
+    "rejected": "rejected",
+    "insufficient_labels": "rejected",
+    "failed": "failed",
+}
 
-#: Label value for a model or task that is not known (e.g. feedback for an unknown id).
+#: Label value for a missing model or task (e.g. feedback for an unknown id).
 UNKNOWN_LABEL = "_unknown"
-#: Label value once more than `MAX_LABEL_VALUES` distinct models (or tasks) have been seen.
+#: Label value of a model that is neither configured nor listed by the upstream, and of tasks
+#: beyond `MAX_LABEL_VALUES`.
 OVERFLOW_LABEL = "_other"
-#: Bound on distinct `model` and `task` values per process: both come from request bodies.
+#: Bound on distinct `task` values per process: tasks come from request bodies.
 MAX_LABEL_VALUES = 100
 
 
@@ -127,8 +156,59 @@ class _BoundedLabel:
         return OVERFLOW_LABEL
 
 
-_model_label = _BoundedLabel(MAX_LABEL_VALUES)
+class _KnownModels:
+    """The model names that get a label value of their own: the union of named sources (the
+    configured models, the upstream's current list; one set per app, so several apps in one
+    process do not overwrite each other). Anything else is `OVERFLOW_LABEL`, so made-up names
+    add no series and never take a known model's place. Lock-free on the request path: the
+    union is a frozenset replaced whole."""
+
+    def __init__(self) -> None:
+        self._sources: dict[str, frozenset[str]] = {}
+        self._known: frozenset[str] = frozenset()
+        self._lock = threading.Lock()
+
+    def set(self, source: str, names: Iterable[str]) -> None:
+        with self._lock:
+            self._sources[source] = frozenset(name for name in names if name)
+            self._known = frozenset().union(*self._sources.values())
+
+    def forget(self, source: str) -> None:
+        with self._lock:
+            self._sources.pop(source, None)
+            self._known = frozenset().union(*self._sources.values())
+
+    @property
+    def known(self) -> frozenset[str]:
+        return self._known
+
+    def __call__(self, value: str | None) -> str:
+        if value is None or value == "":
+            return UNKNOWN_LABEL
+        return value if value in self._known else OVERFLOW_LABEL
+
+
+_model_label = _KnownModels()
 _task_label = _BoundedLabel(MAX_LABEL_VALUES)
+
+
+def set_known_models(source: str, names: Iterable[str]) -> None:
+    """Let `names` be `model` label values, as the set named `source` (replaces its last set).
+
+    The app calls it with its configured models and with each fresh upstream model list
+    (`service.known_models`).
+    """
+    _model_label.set(source, names)
+
+
+def forget_known_models(source: str) -> None:
+    """Drop the set named `source` (an app shutting down)."""
+    _model_label.forget(source)
+
+
+def known_models() -> frozenset[str]:
+    """Every model name that currently gets its own label value."""
+    return _model_label.known
 
 
 def _choice(value: str, allowed: tuple[str, ...], what: str) -> str:
@@ -221,25 +301,6 @@ FEEDBACK = Counter(
     ["model", "outcome"],
     registry=REGISTRY,
 )
-REFITS = Counter(
-    "calib_refits",
-    "Refit attempts run by this service, by outcome (activated, rejected, failed).",
-    ["model", "outcome"],
-    registry=REGISTRY,
-)
-REFIT_FAILURES = Counter(
-    "calib_refit_failures",
-    "Refit attempts that failed with an error (not a rejected challenger).",
-    ["model"],
-    registry=REGISTRY,
-)
-REFIT_DURATION = Histogram(
-    "calib_refit_duration_seconds",
-    "Wall time of a refit attempt (load labels, fit, evaluate, store), in seconds.",
-    ["model"],
-    buckets=REFIT_BUCKETS,
-    registry=REGISTRY,
-)
 
 
 def observe_request(
@@ -297,21 +358,6 @@ def observe_prediction(model: str, task: str, mode: str) -> None:
 def observe_feedback(model: str | None, outcome: str, count: int = 1) -> None:
     """Count feedback items (`outcome` in `FEEDBACK_OUTCOMES`; model None for an unknown id)."""
     FEEDBACK.labels(_model_label(model), _choice(outcome, FEEDBACK_OUTCOMES, "outcome")).inc(count)
-
-
-def observe_refit(model: str, outcome: str, duration_s: float) -> None:
-    """Record one refit attempt of `model` that ran in this process.
-
-    The time of the last *successful* refit is not recorded here: it is store truth, exported by
-    `CalibrationCollector` from `CalibrationState.last_refit_success_at`, so that refits done by
-    another replica or by ``calib refit`` (cron) count too.
-    """
-    outcome = _choice(outcome, REFIT_OUTCOMES, "outcome")
-    model_label = _model_label(model)
-    REFITS.labels(model_label, outcome).inc()
-    if outcome == "failed":
-        REFIT_FAILURES.labels(model_label).inc()
-    REFIT_DURATION.labels(model_label).observe(max(duration_s, 0.0))
 
 
 # Last seen (dropped, failed_batches) per writer. Weak keys: a new writer never inherits the
@@ -384,6 +430,25 @@ class CalibrationState:
 #: A callable returning the current state of every (model, task) that has an active profile.
 CalibrationSource = Callable[[], Iterable[CalibrationState]]
 
+
+@runtime_checkable
+class RefitTallyLike(Protocol):
+    """One running total of refit attempts (what `service.store.RefitTally` holds): attempts of
+    (model, task) that ended with `status` and whose duration fell in the bucket with upper
+    bound `le` (``"+Inf"`` for the last bucket; not cumulative)."""
+
+    model: str
+    task: str
+    status: str
+    le: str
+    count: int
+    duration_sum: float
+    last_finished_at: datetime | float
+
+
+#: A callable returning every refit tally (the store's `refit_tallies` table).
+RefitSource = Callable[[], Iterable[RefitTallyLike]]
+
 # Accepted spellings in a profile's metrics dict, first match wins. Canonical form (held-out):
 # {"raw": {"ece", "brier", "nll", "accuracy"}, "calibrated": {...},
 #  "accuracy", "coverage", "selective_risk", "labels"}.
@@ -438,14 +503,42 @@ _HEALTH: dict[str, tuple[str, tuple[str, ...]]] = {
         "Unix time the last refit that ran to completion (activated or rejected) finished.",
         ("model", "task"),
     ),
+    "calib_last_refit_failure_timestamp_seconds": (
+        "Unix time the last refit that failed with an error finished.",
+        ("model", "task"),
+    ),
     "calib_calibration_source_up": (
-        "1 if the last read of the calibration state from the store succeeded, else 0.",
+        "1 if the last read of the calibration state and refit totals from the store succeeded, "
+        "else 0.",
         (),
     ),
 }
 
 #: Names of the gauges `CalibrationCollector` exports.
 HEALTH_METRIC_NAMES = tuple(_HEALTH)
+
+# Refit counters and histogram, read from the store's tallies (names kept from the time they
+# were process counters: the dashboard and the alert rules select them).
+_REFITS_HELP = (
+    "Refit attempts by outcome (activated, rejected, failed), run by any replica or by "
+    "`calib refit`; totals from the store."
+)
+_REFIT_FAILURES_HELP = (
+    "Refit attempts that failed with an error (not a rejected challenger); totals from the store."
+)
+_REFIT_DURATION_HELP = (
+    "Wall time of a refit attempt (load labels, fit, evaluate, store), in seconds; from the store."
+)
+
+
+def _refit_families() -> tuple[CounterMetricFamily, CounterMetricFamily, HistogramMetricFamily]:
+    return (
+        CounterMetricFamily("calib_refits", _REFITS_HELP, labels=["model", "outcome"]),
+        CounterMetricFamily("calib_refit_failures", _REFIT_FAILURES_HELP, labels=["model"]),
+        HistogramMetricFamily(
+            "calib_refit_duration_seconds", _REFIT_DURATION_HELP, labels=["model"]
+        ),
+    )
 
 
 def _number(value: Any) -> float | None:
@@ -508,14 +601,17 @@ class CalibrationCollector:
         self,
         profile_source: CalibrationSource,
         *,
+        refit_source: RefitSource | None = None,
         cache_seconds: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._source = profile_source
+        self._refit_source = refit_source
         self._cache_seconds = cache_seconds
         self._clock = clock
         self._lock = threading.Lock()
         self._states: list[CalibrationState] = []
+        self._tallies: list[RefitTallyLike] = []
         self._fetched_at: float | None = None
         self._up = 1.0
 
@@ -524,26 +620,34 @@ class CalibrationCollector:
         with self._lock:
             self._fetched_at = None
 
-    def _current(self) -> tuple[list[CalibrationState], float]:
+    def _current(self) -> tuple[list[CalibrationState], list[RefitTallyLike], float]:
         with self._lock:
             now = self._clock()
             if self._fetched_at is None or now - self._fetched_at >= self._cache_seconds:
+                up = 1.0
                 try:
                     self._states = list(self._source())
-                    self._up = 1.0
                 except Exception:
                     logger.exception("calibration source failed; serving the last known state")
-                    self._up = 0.0
+                    up = 0.0
+                if self._refit_source is not None:
+                    try:
+                        self._tallies = list(self._refit_source())
+                    except Exception:
+                        logger.exception("refit source failed; serving the last known totals")
+                        up = 0.0
+                self._up = up
                 self._fetched_at = now
-            return self._states, self._up
+            return self._states, self._tallies, self._up
 
     def describe(self) -> Iterator[Metric]:
-        """The gauge families, without samples (no store access)."""
+        """The gauge, counter and histogram families, without samples (no store access)."""
         for name, (documentation, labels) in _HEALTH.items():
             yield GaugeMetricFamily(name, documentation, labels=list(labels))
+        yield from _refit_families()
 
     def collect(self) -> Iterator[Metric]:
-        states, up = self._current()
+        states, tallies, up = self._current()
         families = {
             name: GaugeMetricFamily(name, documentation, labels=list(labels))
             for name, (documentation, labels) in _HEALTH.items()
@@ -555,8 +659,17 @@ class CalibrationCollector:
 
         for state in states:
             self._add_state(state, add)
+        last_failure: dict[tuple[str, str], float] = {}
+        for tally in tallies:
+            finished = _timestamp(tally.last_finished_at)
+            key = (tally.model, tally.task)
+            if tally.status == "failed" and finished is not None:
+                last_failure[key] = max(finished, last_failure.get(key, finished))
+        for key, finished in sorted(last_failure.items()):
+            add("calib_last_refit_failure_timestamp_seconds", key, finished)
         families["calib_calibration_source_up"].add_metric([], up)
         yield from families.values()
+        yield from _refit_metrics(tallies)
 
     @staticmethod
     def _add_state(
@@ -603,6 +716,89 @@ class CalibrationCollector:
         )
 
 
+def _bucket_of(le: str) -> int:
+    """Index in `REFIT_BUCKETS` (or len, for +Inf) of the smallest bound >= a stored `le`; a
+    bound that is no longer in the list counts in the next one up, so totals stay right."""
+    try:
+        bound = float(le)
+    except ValueError:
+        return len(REFIT_BUCKETS)
+    return next((i for i, b in enumerate(REFIT_BUCKETS) if bound <= b), len(REFIT_BUCKETS))
+
+
+def _refit_metrics(tallies: Iterable[RefitTallyLike]) -> Iterator[Metric]:
+    """Per model: attempts by outcome, failures, and the duration histogram (all tasks)."""
+    refits, failures, duration = _refit_families()
+    outcomes: dict[tuple[str, str], int] = {}
+    buckets: dict[str, list[int]] = {}
+    sums: dict[str, float] = {}
+    for tally in tallies:
+        outcome = REFIT_OUTCOME_OF_STATUS.get(tally.status)
+        if outcome is None:
+            continue
+        model = tally.model
+        outcomes[(model, outcome)] = outcomes.get((model, outcome), 0) + int(tally.count)
+        per_bucket = buckets.setdefault(model, [0] * (len(REFIT_BUCKETS) + 1))
+        per_bucket[_bucket_of(tally.le)] += int(tally.count)
+        sums[model] = sums.get(model, 0.0) + float(tally.duration_sum)
+    for model in sorted(buckets):
+        for outcome in REFIT_OUTCOMES:
+            count = outcomes.get((model, outcome), 0)
+            # Every outcome from a model's first attempt on: a failure is then an increase of
+            # an existing series, which `increase()` sees.
+            refits.add_metric([model, outcome], count)
+        failures.add_metric([model], outcomes.get((model, "failed"), 0))
+        cumulative, running = [], 0
+        for bound, count in zip((*REFIT_BUCKETS, math.inf), buckets[model], strict=True):
+            running += count
+            cumulative.append((floatToGoString(bound), running))
+        duration.add_metric([model], cumulative, sums[model])
+    yield refits
+    yield failures
+    yield duration
+
+
+# --------------------------------------------------------------------------- build info
+
+
+def _package_version() -> str:
+    """The installed distribution's version (one place: the package metadata)."""
+    try:
+        return importlib.metadata.version("mllm-calib")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown"
+
+
+def build_info() -> dict[str, str]:
+    """The labels of `calib_build_info`."""
+    return {
+        "version": _package_version(),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+    }
+
+
+class BuildInfoCollector:
+    """`calib_build_info{version, python, implementation} 1`: which build answers (join on
+    it in PromQL; e.g. count replicas per version during a rollout). A collector, not a
+    registry gauge, so multi-worker mode exports it once without a gauge aggregation mode."""
+
+    def __init__(self) -> None:
+        self._labels = build_info()
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "calib_build_info",
+            "Build of the answering gateway: package version and Python (value 1).",
+            labels=list(self._labels),
+        )
+        family.add_metric(list(self._labels.values()), 1.0)
+        yield family
+
+
+BUILD_INFO = BuildInfoCollector()
+
+
 # --------------------------------------------------------------------------- exposition
 
 _SERIES_SUFFIXES = {
@@ -618,7 +814,11 @@ def exported_series_names() -> frozenset[str]:
 
     Derived from the declared metrics and the collector's families, not from a hand-kept list.
     """
-    families = [*REGISTRY.collect(), *CalibrationCollector(list).describe()]
+    families = [
+        *REGISTRY.collect(),
+        *CalibrationCollector(list).describe(),
+        *BUILD_INFO.collect(),
+    ]
     names = set()
     for family in families:
         if family.name.startswith("calib_"):
@@ -655,7 +855,7 @@ def render_metrics(
         base = MultiProcessCollector(None, path=os.fspath(directory))
     else:
         base = REGISTRY
-    union = _Union([base, *collectors])
+    union = _Union([base, BUILD_INFO, *collectors])
     encoder, content_type = choose_encoder(accept or "")
     return encoder(union), content_type
 

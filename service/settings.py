@@ -105,6 +105,14 @@ class Settings(BaseSettings):
     metrics_key: str | None = Field(
         None, description="When set, `/metrics` needs `Authorization: Bearer <metrics_key>`."
     )
+    # --- metric labels (docs/metrics.md, "Label hygiene") ------------------------------------
+    upstream_models_refresh_s: float = Field(
+        60.0,
+        gt=0,
+        description="How often the upstream's model list is fetched: only configured models and "
+        "models it lists get their own `model` label on /metrics; a failed fetch keeps the last "
+        "list.",
+    )
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     default_model: ModelConfig = Field(default_factory=ModelConfig)
 

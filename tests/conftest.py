@@ -64,6 +64,10 @@ def start_gateway(upstream: str, db_path: Path, **overrides: object) -> Gateway:
         "upstream_connect_timeout_s": 1.0,
         "max_body_bytes": MAX_BODY_BYTES,
         "models": GATEWAY_MODELS,
+        # The model list is fetched once at start-up (before the gateway serves); no background
+        # refresh during a test, whose `double.requests` would otherwise catch a stray
+        # `GET /v1/models`. Tests of the refresh pass a short interval.
+        "upstream_models_refresh_s": 3600.0,
     }
     settings = load_settings(**{**values, **overrides})
     app = create_app(settings)

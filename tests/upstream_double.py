@@ -317,6 +317,9 @@ class UpstreamDouble:
         self.reply: Any = None
         self.known_models: set[str] | None = None
         self.models = ["test-model"]
+        #: When set, what `GET /v1/models` answers (else the `models` list, or `reply` when that
+        #: is a JSON/raw/stall reply).
+        self.models_reply: Any = None
         self._server = ServerThread(self._app, interface="asgi3")
 
     @property
@@ -334,6 +337,7 @@ class UpstreamDouble:
         self.requests.clear()
         self.reply = None
         self.known_models = None
+        self.models_reply = None
 
     @property
     def last(self) -> RecordedRequest:
@@ -362,6 +366,7 @@ class UpstreamDouble:
 
         if scope["method"] == "GET" and path == "/v1/models":
             reply = self.reply if isinstance(self.reply, (JSONReply, RawReply, Stall)) else None
+            reply = self.models_reply or reply
             reply = reply or JSONReply(
                 {
                     "object": "list",

@@ -15,7 +15,8 @@ Steps (docs/refit.md):
    and pack it into a `LabeledSet` (`service.refit.dataset`);
 5. `calibrators.refit.refit_profile` against the profile now served for (model, task);
 6. save the candidate as the next version, active or not, with the reason and metrics;
-7. finish the audit-log entry and release the lease.
+7. finish the audit-log entry, count the outcome in the store's refit tallies (what `/metrics`
+   exports in every replica, whichever process ran the refit) and release the lease.
 
 Statuses: ``activated``, ``rejected`` (champion kept), ``insufficient_labels``,
 ``no_new_labels``, ``failed`` (an error; the reason says which), ``busy``.
@@ -206,7 +207,7 @@ def run_refit(
         event.version, event.n_labels = outcome.version, outcome.n_labels
         event.metrics = _event_metrics(outcome)
         event.finished_at = outcome.finished_at
-        store.update_event(event)
+        store.finish_refit(event, outcome.duration_s)  # the audit log and the refit counters
     except StoreError as error:
         outcome.status, outcome.reason = "failed", f"store error: {error}"
         outcome.finished_at = utcnow()

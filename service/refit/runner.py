@@ -8,9 +8,12 @@ Where the work happens (setting `refit_executor`):
 * ``thread``: `asyncio.to_thread`, no process start-up (about a second, once); fine for small
   windows.
 
-After each attempt the runner updates the refit metrics (`observe_refit`) and, after an
-activation, drops this replica's cached profile and calibration gauges so the new version is
-served at once (other replicas pick it up within the `ProfileCache` TTL).
+The refit counters are not process state: the job counts each outcome in the store
+(`Store.finish_refit`), and `/metrics` exports the store's totals in every replica, so refits by
+`calib refit` (a CronJob) count too. When the worker itself dies, the runner records the failure
+there. After each attempt the runner drops this replica's cached gauges (and, after an
+activation, its cached profile) so the outcome shows at once (other replicas pick it up within
+the `ProfileCache` TTL and the metrics cache).
 
 Asynchronous refits (`start`) are tracked here by id while running; their final state is in the
 store's audit log, so `status(id)` also answers for a refit started by another replica.
@@ -28,7 +31,6 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from service import metrics
 from service.refit.job import (
     RefitConfig,
     RefitOutcome,
@@ -45,13 +47,6 @@ __all__ = ["RefitRunner", "outcome_from_event"]
 logger = logging.getLogger(__name__)
 
 _KEEP_LOCAL = 1000  # finished outcomes remembered by id (the store keeps them all)
-# Refit metrics' outcome vocabulary: a fit that found too few labels did not activate.
-_METRIC_OUTCOME = {
-    "activated": "activated",
-    "rejected": "rejected",
-    "insufficient_labels": "rejected",
-    "failed": "failed",
-}
 
 
 def outcome_from_event(event: ProfileEvent) -> RefitOutcome:
@@ -137,6 +132,7 @@ class RefitRunner:
                 started_at=self._outcomes[refit_id].started_at,
                 finished_at=utcnow(),
             )
+            await self._record_crash(outcome)
         self._remember(outcome)
         self._report(outcome)
         return outcome
@@ -196,10 +192,31 @@ class RefitRunner:
         while len(self._outcomes) > _KEEP_LOCAL:
             self._outcomes.popitem(last=False)
 
+    async def _record_crash(self, outcome: RefitOutcome) -> None:
+        """A refit whose worker died: mark its audit-log entry failed and count the failure,
+        unless the worker got as far as finishing it (best effort: the store may be the cause)."""
+        started = outcome.started_at or utcnow()
+        outcome.duration_s = ((outcome.finished_at or started) - started).total_seconds()
+        event = ProfileEvent(
+            outcome.id,
+            outcome.model,
+            outcome.task,
+            "refit",
+            "failed",
+            started,
+            outcome.trigger,
+            reason=outcome.reason,
+            holder=self.replica,
+            finished_at=outcome.finished_at,
+        )
+        try:
+            await asyncio.to_thread(
+                self.store.finish_refit, event, outcome.duration_s, unless_finished=True
+            )
+        except Exception:
+            logger.exception("could not record the failed refit %s in the store", outcome.id)
+
     def _report(self, outcome: RefitOutcome) -> None:
-        label = _METRIC_OUTCOME.get(outcome.status)
-        if label is not None:
-            metrics.observe_refit(outcome.model, label, outcome.duration_s)
         logger.info(
             "refit %s %s/%s: %s (%s)",
             outcome.id,
@@ -210,6 +227,10 @@ class RefitRunner:
         )
         if outcome.activated:
             self.invalidate(outcome.model)
+        else:  # the refit counters moved
+            collector = getattr(self.state, "calibration_collector", None)
+            if collector is not None:
+                collector.invalidate()
 
     def invalidate(self, model: str) -> None:
         """Serve `model`'s new active profile at once in this process."""

@@ -5,6 +5,8 @@ Reads from `request.app.state`, all optional:
 * ``calibration_collector`` — a ready `CalibrationCollector`; else
 * ``calibration_source`` — a `CalibrationSource` callable, wrapped once in a `CalibrationCollector`
   (cache ``metrics_cache_seconds``, default 5 s) that is then kept as ``calibration_collector``;
+  with ``refit_source`` (a `RefitSource`: the store's refit tallies) it exports the refit
+  counters too;
 * ``prediction_writer`` — the `PredictionWriter`, whose drop/failure counters are synced at scrape.
 
 The handler is a plain ``def`` on purpose: FastAPI runs it in the thread pool, so the store read
@@ -40,7 +42,11 @@ def _calibration_collector(state: Any) -> CalibrationCollector | None:
         collector = getattr(state, "calibration_collector", None)
         if collector is None:
             cache_seconds = float(getattr(state, "metrics_cache_seconds", 5.0))
-            collector = CalibrationCollector(source, cache_seconds=cache_seconds)
+            collector = CalibrationCollector(
+                source,
+                refit_source=getattr(state, "refit_source", None),
+                cache_seconds=cache_seconds,
+            )
             state.calibration_collector = collector
         return collector
 

@@ -26,6 +26,7 @@ from service.store.records import (
     PredictionRecord,
     ProfileEvent,
     ProfileVersion,
+    RefitTally,
 )
 from service.store.store import KEY_PREFIX, Store
 from service.store.writer import PredictionWriter
@@ -50,6 +51,7 @@ __all__ = [
     "ProfileEvent",
     "ProfileNotFound",
     "ProfileVersion",
+    "RefitTally",
     "Store",
     "StoreError",
     "StoreUnavailable",

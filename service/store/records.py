@@ -153,3 +153,22 @@ class ProfileEvent:
     holder: str | None = None
     labels_until: datetime | None = None
     finished_at: datetime | None = None
+
+
+#: Refit statuses counted in `refit_tallies` (and so in the refit counters): attempts that ran to
+#: an end. ``no_new_labels`` (the scheduler's re-check) and ``busy`` are not attempts.
+TALLIED_REFIT_STATUSES = ("activated", "rejected", "insufficient_labels", "failed")
+
+
+@dataclass(frozen=True)
+class RefitTally:
+    """Refit attempts of (model, task) that ended with `status` and whose duration fell in the
+    bucket with upper bound `le` (``"+Inf"`` for the last); running totals, never reset."""
+
+    model: str
+    task: str
+    status: str
+    le: str
+    count: int
+    duration_sum: float
+    last_finished_at: datetime

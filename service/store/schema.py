@@ -151,6 +151,24 @@ profile_events = sa.Table(
     sa.Index(None, "model", "task", "started_at"),
 )
 
+# Refit outcomes as running totals, one row per (model, task, status, duration bucket): what
+# `/metrics` exports as `calib_refits_total`, `calib_refit_failures_total` and
+# `calib_refit_duration_seconds`, whichever process ran the refit (a replica, `calib refit` from a
+# CronJob). A refit adds 1 to one row (an atomic upsert), so the table stays small (models x tasks
+# x statuses x buckets) and a scrape reads it whole. `le` is the upper bound of the duration
+# bucket the attempts fell in (Prometheus' spelling: "0.5", "+Inf"), not cumulative.
+refit_tallies = sa.Table(
+    "refit_tallies",
+    metadata,
+    sa.Column("model", sa.String(256), primary_key=True),
+    sa.Column("task", sa.String(128), primary_key=True),
+    sa.Column("status", sa.String(32), primary_key=True),
+    sa.Column("le", sa.String(16), primary_key=True),
+    sa.Column("count", sa.Integer, nullable=False),
+    sa.Column("duration_sum", sa.Float, nullable=False),
+    sa.Column("last_finished_at", UTCDateTime, nullable=False),
+)
+
 # Prompt-optimization jobs (docs/prompt-optimization.md): the job row holds its configuration,
 # the labeled items it replays, the paraphrase calls so far and the result; every evaluation is
 # a row of its own, written right after it is computed, so a crashed job resumes where it was

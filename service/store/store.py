@@ -39,6 +39,7 @@ from service.store.errors import (
     StoreUnavailable,
 )
 from service.store.records import (
+    TALLIED_REFIT_STATUSES,
     FeedbackItem,
     FeedbackRecord,
     FeedbackResult,
@@ -48,6 +49,7 @@ from service.store.records import (
     PredictionRecord,
     ProfileEvent,
     ProfileVersion,
+    RefitTally,
     utcnow,
 )
 
@@ -63,6 +65,9 @@ _K = schema.api_keys
 _PR = schema.profiles
 _L = schema.leases
 _E = schema.profile_events
+_RT = schema.refit_tallies
+#: Upper bounds of the refit-duration buckets the tallies count in (`calib_refit_duration_seconds`).
+REFIT_DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 
 
 def hash_key(plaintext: str) -> str:
@@ -647,6 +652,61 @@ class Store:
         with self._tx() as conn:
             row = conn.execute(query).mappings().first()
         return None if row is None else ProfileEvent(**row)
+
+    def finish_refit(
+        self, event: ProfileEvent, duration_s: float, *, unless_finished: bool = False
+    ) -> bool:
+        """Store a refit's final state and count it in the refit tallies, in one transaction.
+
+        The event is inserted if it was never added (e.g. the worker died before recording it).
+        With `unless_finished`, an event already stored with a final status is left alone and
+        nothing is counted (returns False): the attempt was finished and counted by whoever ran
+        it. Statuses outside `TALLIED_REFIT_STATUSES` are stored but not counted.
+        """
+        row = _event_row(event)
+        with self._tx(write=True) as conn:
+            stored = conn.execute(sa.select(_E.c.status).where(_E.c.id == event.id)).first()
+            if stored is None:
+                conn.execute(sa.insert(_E).values(**row))
+            elif unless_finished and stored[0] != "running":
+                return False
+            else:
+                conn.execute(sa.update(_E).where(_E.c.id == event.id).values(**row))
+            if event.status in TALLIED_REFIT_STATUSES:
+                self._tally(conn, event, duration_s)
+        return True
+
+    def _tally(self, conn: sa.Connection, event: ProfileEvent, duration_s: float) -> None:
+        seconds = duration_s if math.isfinite(duration_s) and duration_s > 0 else 0.0
+        bound = next((b for b in REFIT_DURATION_BUCKETS if seconds <= b), math.inf)
+        values = {
+            "model": event.model,
+            "task": event.task,
+            "status": event.status,
+            "le": "+Inf" if bound == math.inf else repr(float(bound)),
+            "count": 1,
+            "duration_sum": seconds,
+            "last_finished_at": event.finished_at or utcnow(),
+        }
+        insert = (postgresql if self.dialect == "postgresql" else sqlite).insert(_RT).values(values)
+        newer = insert.excluded.last_finished_at > _RT.c.last_finished_at
+        conn.execute(
+            insert.on_conflict_do_update(
+                index_elements=["model", "task", "status", "le"],
+                set_={
+                    "count": _RT.c.count + 1,
+                    "duration_sum": _RT.c.duration_sum + insert.excluded.duration_sum,
+                    "last_finished_at": sa.case(
+                        (newer, insert.excluded.last_finished_at), else_=_RT.c.last_finished_at
+                    ),
+                },
+            )
+        )
+
+    def refit_tallies(self) -> list[RefitTally]:
+        """Every refit tally row (small: models x tasks x statuses x duration buckets)."""
+        with self._tx() as conn:
+            return [RefitTally(**row) for row in conn.execute(sa.select(_RT)).mappings()]
 
     # ---------------------------------------------------------------- internals
 

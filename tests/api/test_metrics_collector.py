@@ -13,6 +13,7 @@ from prometheus_client.core import Metric
 from calibrators import Profile
 from calibrators.refit import LabeledSet, RefitPolicy, refit_profile
 from service.metrics import HEALTH_METRIC_NAMES, CalibrationCollector, CalibrationState
+from service.store import RefitTally
 
 
 def _refitted_profile(model: str = "qwen", task: str = "vqa") -> Profile:
@@ -132,8 +133,10 @@ def test_every_family_is_described_without_reading_the_source() -> None:
     def explode() -> list[CalibrationState]:
         raise AssertionError("describe() must not read the store")
 
-    described = [family.name for family in CalibrationCollector(explode).describe()]
-    assert described == list(HEALTH_METRIC_NAMES)
+    collector = CalibrationCollector(explode, refit_source=explode)
+    described = [family.name for family in collector.describe()]
+    refit_families = ["calib_refits", "calib_refit_failures", "calib_refit_duration_seconds"]
+    assert described == [*HEALTH_METRIC_NAMES, *refit_families]
 
 
 def test_source_is_read_at_most_once_per_cache_window() -> None:
@@ -172,3 +175,63 @@ def test_a_failing_source_serves_the_last_state_and_reports_down() -> None:
     got = _samples(collector)
     assert got[_key("calib_calibration_source_up")] == 0.0
     assert got[_key("calib_confidence_drift_psi", model="m", task="t")] == 0.3
+
+
+def _tally(model: str, task: str, status: str, le: str, count: int, total: float, at: float):
+    return RefitTally(model, task, status, le, count, total, datetime.fromtimestamp(at, UTC))
+
+
+def test_refit_counters_come_from_the_store_tallies_per_model() -> None:
+    """Tallies of every task add up per model; too few labels counts as rejected; the
+    histogram is cumulative; the last failure is per (model, task)."""
+    tallies = [
+        _tally("qwen", "vqa", "activated", "1.0", 2, 1.5, 1000.0),
+        _tally("qwen", "vqa", "failed", "0.1", 1, 0.05, 2000.0),
+        _tally("qwen", "ocr", "failed", "+Inf", 1, 4000.0, 1500.0),
+        _tally("qwen", "ocr", "insufficient_labels", "0.25", 3, 0.6, 900.0),
+        # A bucket bound that is not (or no longer) in the list counts in the next one up.
+        _tally("gemma", "default", "rejected", "0.75", 1, 0.7, 800.0),
+    ]
+    got = _samples(CalibrationCollector(list, refit_source=lambda: tallies))
+    assert got[_key("calib_refits_total", model="qwen", outcome="activated")] == 2
+    assert got[_key("calib_refits_total", model="qwen", outcome="rejected")] == 3
+    assert got[_key("calib_refits_total", model="qwen", outcome="failed")] == 2
+    assert got[_key("calib_refit_failures_total", model="qwen")] == 2
+    # Every outcome series exists from a model's first attempt, at 0 until it happens.
+    assert got[_key("calib_refits_total", model="gemma", outcome="failed")] == 0
+    assert got[_key("calib_refit_failures_total", model="gemma")] == 0
+    assert got[_key("calib_refits_total", model="gemma", outcome="rejected")] == 1
+    bucket = "calib_refit_duration_seconds_bucket"
+    assert got[_key(bucket, model="qwen", le="0.1")] == 1
+    assert got[_key(bucket, model="qwen", le="0.25")] == 4
+    assert got[_key(bucket, model="qwen", le="1.0")] == 6
+    assert got[_key(bucket, model="qwen", le="1800.0")] == 6
+    assert got[_key(bucket, model="qwen", le="+Inf")] == 7
+    assert got[_key("calib_refit_duration_seconds_count", model="qwen")] == 7
+    assert got[_key("calib_refit_duration_seconds_sum", model="qwen")] == pytest.approx(4002.15)
+    assert got[_key(bucket, model="gemma", le="0.5")] == 0
+    assert got[_key(bucket, model="gemma", le="1.0")] == 1
+    failure = "calib_last_refit_failure_timestamp_seconds"
+    assert got[_key(failure, model="qwen", task="vqa")] == 2000.0
+    assert got[_key(failure, model="qwen", task="ocr")] == 1500.0
+    assert not any(name == failure and dict(labels)["model"] == "gemma" for name, labels in got)
+
+
+def test_a_failing_refit_source_serves_the_last_totals_and_reports_down() -> None:
+    now = [0.0]
+    fail = [False]
+
+    def refits() -> list[RefitTally]:
+        if fail[0]:
+            raise RuntimeError("database is gone")
+        return [_tally("m", "t", "failed", "1.0", 1, 0.5, 10.0)]
+
+    collector = CalibrationCollector(
+        list, refit_source=refits, cache_seconds=1.0, clock=lambda: now[0]
+    )
+    assert _samples(collector)[_key("calib_calibration_source_up")] == 1.0
+    fail[0] = True
+    now[0] += 2
+    got = _samples(collector)
+    assert got[_key("calib_calibration_source_up")] == 0.0
+    assert got[_key("calib_refit_failures_total", model="m")] == 1

@@ -3,8 +3,10 @@ correct request-path arithmetic, and the route serving it."""
 
 from __future__ import annotations
 
+import platform
 import shutil
 import subprocess
+from datetime import UTC, datetime
 
 import pytest
 from fastapi import FastAPI
@@ -21,6 +23,11 @@ from service.metrics import (
     render_metrics,
 )
 from service.routes.metrics import router
+from service.store import RefitTally
+
+#: The made-up model names below are "configured" for these tests (only known models get their
+#: own label value; see test_only_known_models_get_a_label_of_their_own).
+metrics.set_known_models("test_metrics_exposition", ["expo", "arith", "noup"])
 
 # The metric names of DESIGN §5 / issue 5, as series names (the contract the dashboard relies on).
 CONTRACT = {
@@ -51,6 +58,8 @@ CONTRACT = {
     "calib_last_refit_success_timestamp_seconds",
     "calib_refit_failures_total",
     "calib_refits_total",
+    "calib_last_refit_failure_timestamp_seconds",
+    "calib_build_info",
 }
 
 OPENMETRICS_ACCEPT = (
@@ -88,7 +97,10 @@ def _full_collector() -> CalibrationCollector:
         confidence_psi=0.05,
         last_refit_success_at=1_700_000_000.0,
     )
-    return CalibrationCollector(lambda: [state])
+    tallies = [
+        RefitTally("expo", "vqa", "failed", "2.5", 1, 1.5, datetime.fromtimestamp(1.7e9, UTC))
+    ]
+    return CalibrationCollector(lambda: [state], refit_source=lambda: tallies)
 
 
 def _observe_everything() -> None:
@@ -99,7 +111,6 @@ def _observe_everything() -> None:
     metrics.observe_abstention("expo", "vqa", "below_threshold")
     metrics.observe_prediction("expo", "vqa", "options")
     metrics.observe_feedback("expo", "correct")
-    metrics.observe_refit("expo", "failed", 1.5)
     metrics.sync_prediction_writer(_Writer(dropped=1, failed_batches=1))
 
 
@@ -178,7 +189,39 @@ def test_label_values_outside_the_vocabulary_are_rejected() -> None:
     with pytest.raises(ValueError, match="reason"):
         metrics.observe_abstention("m", "t", "tired")
     with pytest.raises(ValueError, match="outcome"):
-        metrics.observe_refit("m", "maybe", 1.0)
+        metrics.observe_feedback("m", "maybe")
+
+
+def test_only_known_models_get_a_label_of_their_own() -> None:
+    metrics.set_known_models("test-a", ["real-a"])
+    metrics.set_known_models("test-b", ["real-b"])
+    try:
+        label = metrics._model_label
+        assert [label(v) for v in ("real-a", "real-b", "made-up", None, "")] == [
+            "real-a",
+            "real-b",
+            metrics.OVERFLOW_LABEL,
+            metrics.UNKNOWN_LABEL,
+            metrics.UNKNOWN_LABEL,
+        ]
+        metrics.set_known_models("test-b", ["real-c"])  # a fresh list replaces the last one
+        assert label("real-b") == metrics.OVERFLOW_LABEL and label("real-c") == "real-c"
+        metrics.forget_known_models("test-a")
+        assert label("real-a") == metrics.OVERFLOW_LABEL
+    finally:
+        metrics.forget_known_models("test-a")
+        metrics.forget_known_models("test-b")
+
+
+def test_build_info_names_the_installed_version() -> None:
+    from importlib.metadata import version
+
+    body, _ = render_metrics()
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    (sample,) = families["calib_build_info"].samples
+    assert sample.value == 1.0
+    assert sample.labels["version"] == version("mllm-calib")
+    assert sample.labels["python"] == platform.python_version()
 
 
 def test_client_supplied_labels_are_bounded() -> None:

@@ -22,10 +22,11 @@ def _worker(count: int, upstream_s: float) -> None:
     from service import metrics
 
     assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == metrics.MULTIPROCESS_DIR
+    metrics.set_known_models("worker", ["mp"])
     for _ in range(count):
         metrics.observe_request("mp", "/v1/chat/completions", 200, upstream_s + 0.25, upstream_s)
         metrics.observe_confidence("mp", "default", 0.9, 0.6)
-    metrics.observe_refit("mp", "activated", 2.0)
+    metrics.observe_feedback("mp", "correct")
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -72,7 +73,9 @@ def test_two_worker_processes_are_summed(multiproc_dir: Path) -> None:
     assert got[("calib_upstream_duration_seconds_bucket", (*req[:1], ("le", "1.0"), req[1]))] == 12
     conf = (("model", "mp"), ("stage", "calibrated"), ("task", "default"))
     assert got[("calib_confidence_count", conf)] == total
-    assert got[("calib_refits_total", (("model", "mp"), ("outcome", "activated")))] == 2
+    assert got[("calib_feedback_total", (("model", "mp"), ("outcome", "correct")))] == 2
+    # Build info is one series, not one per worker.
+    assert sum(1 for name, _ in got if name == "calib_build_info") == 1
 
 
 def test_merged_exposition_passes_promtool(multiproc_dir: Path) -> None:

@@ -34,6 +34,8 @@ def two_workers(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     port, dead_upstream = _free_port(), _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CALIB_", "PROMETHEUS_"))}
     env["CALIB_DATA_DIR"] = str(tmp_path)
+    # Configured, so it has a `model` label of its own (the upstream is down: it lists nothing).
+    env["CALIB_MODELS"] = '{"mw": {}}'
     calib = Path(sys.executable).with_name("calib")
     log = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen(
