@@ -33,7 +33,7 @@ from service.idk_option import insert_in_messages, insert_in_prompt
 from service.prompt_opt.items import LabeledItem
 from service.shaping import inject_system_prompt, prefix_prompt
 
-__all__ = ["EvaluationError", "ItemResult", "Replayer", "summarize"]
+__all__ = ["EvaluationError", "ItemResult", "Replayer", "bearer", "summarize"]
 
 TOP_LOGPROBS = 20
 MAX_TOKENS = 8
@@ -50,6 +50,11 @@ class ItemResult:
     correct: bool
     confidence: float
     abstained: bool  # chose the IDK option
+
+
+def bearer(api_key: str | None) -> dict[str, str]:
+    """The `Authorization` header for an upstream key (none without a key)."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 def summarize(results: list[ItemResult]) -> Evaluation:
@@ -75,9 +80,11 @@ class Replayer:
         policy: str = "prepend",
         concurrency: int = 8,
         extra: dict[str, Any] | None = None,
+        api_key: str | None = None,
     ) -> None:
         self._client = client
         self._base = base_url.rstrip("/")
+        self._headers = bearer(api_key)
         self._model = model
         self._policy = policy
         self._limit = asyncio.Semaphore(max(1, concurrency))
@@ -120,7 +127,9 @@ class Replayer:
         path, body = self.body(item, prompt)
         async with self._limit:
             try:
-                response = await self._client.post(f"{self._base}/{path}", json=body)
+                response = await self._client.post(
+                    f"{self._base}/{path}", json=body, headers=self._headers
+                )
             except httpx.HTTPError as error:
                 raise EvaluationError(f"upstream unreachable: {error!r}") from error
             self.requests += 1
