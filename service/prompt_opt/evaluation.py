@@ -33,7 +33,7 @@ from service.idk_option import insert_in_messages, insert_in_prompt
 from service.prompt_opt.items import LabeledItem
 from service.shaping import inject_system_prompt, prefix_prompt
 
-__all__ = ["EvaluationError", "ItemResult", "Replayer", "bearer", "summarize"]
+__all__ = ["EvaluationError", "ItemResult", "Replayer", "bearer", "scrub", "summarize"]
 
 TOP_LOGPROBS = 20
 MAX_TOKENS = 8
@@ -55,6 +55,15 @@ class ItemResult:
 def bearer(api_key: str | None) -> dict[str, str]:
     """The `Authorization` header for an upstream key (none without a key)."""
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def scrub(text: str, headers: dict[str, str], limit: int = 200) -> str:
+    """An upstream body for an error message (stored with the job): at most `limit` characters,
+    our key blanked in case the upstream echoed the request's headers."""
+    auth = headers.get("Authorization")
+    if auth:
+        text = text.replace(auth[len("Bearer ") :], "***")
+    return text[:limit]
 
 
 def summarize(results: list[ItemResult]) -> Evaluation:
@@ -135,7 +144,7 @@ class Replayer:
             self.requests += 1
         if response.status_code != 200:
             raise EvaluationError(
-                f"upstream answered {response.status_code}: {response.text[:200]}"
+                f"upstream answered {response.status_code}: {scrub(response.text, self._headers)}"
             )
         choice = (response.json().get("choices") or [{}])[0]
         score = score_options(choice.get("logprobs"), item.options)

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 
 from calibrators import normalize_prompt
-from service.prompt_opt.evaluation import EvaluationError, bearer
+from service.prompt_opt.evaluation import EvaluationError, bearer, scrub
 
 __all__ = ["Paraphraser", "few_shot_prompt", "parse_paraphrases"]
 
@@ -123,6 +123,7 @@ class Paraphraser:
             raise EvaluationError(f"paraphraser unreachable: {error!r}") from error
         if response.status_code != 200:
             raise EvaluationError(
-                f"paraphraser answered {response.status_code}: {response.text[:200]}"
+                f"paraphraser answered {response.status_code}: "
+                f"{scrub(response.text, self._headers)}"
             )
         return [c for c in response.json().get("choices") or [] if isinstance(c, dict)]
