@@ -26,8 +26,8 @@ from service.upstream_http import UpstreamHTTP, UpstreamResponse, UpstreamTransp
 __all__ = [
     "Upstream",
     "UpstreamReply",
-    "UpstreamTarget",
     "UpstreamResponse",
+    "UpstreamTarget",
     "UpstreamTransportError",
     "error_kind",
     "upstream_error_from",

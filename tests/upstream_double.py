@@ -367,11 +367,15 @@ class UpstreamDouble:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         path = scope["path"]
         self.requests.append(RecordedRequest(scope["method"], path, headers, raw))
-        if self.api_key is not None and path.startswith("/v1"):
-            if headers.get("authorization") != f"Bearer {self.api_key}":
-                self.unauthorized += 1
-                await self._send(send, JSONReply({"error": "Unauthorized"}, 401))
-                return
+        bearer = headers.get("authorization")
+        if (
+            self.api_key is not None
+            and path.startswith("/v1")
+            and bearer != f"Bearer {self.api_key}"
+        ):
+            self.unauthorized += 1
+            await self._send(send, JSONReply({"error": "Unauthorized"}, 401))
+            return
 
         if scope["method"] == "GET" and path == "/v1/models":
             reply = self.reply if isinstance(self.reply, (JSONReply, RawReply, Stall)) else None

@@ -13,6 +13,7 @@ recorded in `requests`; `connections` counts accepted connections.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -63,23 +64,21 @@ class WireUpstream:
 
     def stop(self) -> None:
         self._stopped = True
-        try:
-            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):  # wakes the thread blocked in accept()
+            self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
         with self._lock:
             for conn in self._open:
-                try:
+                with contextlib.suppress(OSError):
                     conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
         self._accepting.join(timeout=5)
 
     def paths(self) -> list[str]:
         """`METHOD /path` of every request read, in order."""
         with self._lock:
-            return [head.split(b"\r\n", 1)[0].rsplit(b" ", 1)[0].decode() for head, _ in self.requests]
+            return [
+                head.split(b"\r\n", 1)[0].rsplit(b" ", 1)[0].decode() for head, _ in self.requests
+            ]
 
     def __enter__(self) -> WireUpstream:
         return self.start()

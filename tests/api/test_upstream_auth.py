@@ -139,9 +139,7 @@ def _authorizations(double: UpstreamDouble) -> set[str | None]:
 # ------------------------------------------------------------------------- the global key
 
 
-def test_without_the_key_every_upstream_call_is_refused_and_the_gateway_says_why(
-    client, double
-):
+def test_without_the_key_every_upstream_call_is_refused_and_the_gateway_says_why(client, double):
     """The default test gateway has no upstream key; the engine wants one."""
     double.api_key = KEY
     chat = client.post("/v1/chat/completions", json=CHAT)
