@@ -86,14 +86,18 @@ class Upstream:
         header = f"Bearer {key}".encode("ascii") if key else None
         return UpstreamTarget(self.settings.upstream_base_for(config), header)
 
-    async def post_json(self, target: UpstreamTarget, path: str, content: bytes) -> UpstreamReply:
-        """POST an already-serialized JSON body; return the parsed 2xx JSON body."""
-        return await self._complete("POST", target, path, content, None)
+    async def post_json(
+        self, target: UpstreamTarget | None, path: str, content: bytes
+    ) -> UpstreamReply:
+        """POST an already-serialized JSON body; return the parsed 2xx JSON body.
+
+        `target` None: the global upstream with the global key (as for every method here)."""
+        return await self._complete("POST", target or self.default, path, content, None)
 
     async def get_json(
-        self, target: UpstreamTarget, path: str, *, timeout: float | None = None
+        self, target: UpstreamTarget | None, path: str, *, timeout: float | None = None
     ) -> UpstreamReply:
-        return await self._complete("GET", target, path, b"", timeout)
+        return await self._complete("GET", target or self.default, path, b"", timeout)
 
     async def _complete(
         self,
@@ -117,9 +121,10 @@ class Upstream:
         return _parse_reply(response.status, _scrub(raw, target))
 
     async def open_stream(
-        self, target: UpstreamTarget, path: str, content: bytes
+        self, target: UpstreamTarget | None, path: str, content: bytes
     ) -> UpstreamResponse:
         """Start a streamed POST; return the open 2xx response (caller must `aclose()` it)."""
+        target = target or self.default
         try:
             response = await self.client.request(
                 "POST",
