@@ -8,7 +8,7 @@ client's event loop is busy, like a real server would.
 
 `answer(n, head, body)` returns the response bytes for the n-th request (1-based, across all
 connections), or None to close the connection having read the request. Every request read is
-recorded in `requests`; `connections` counts accepted connections.
+recorded in `requests`; `connections` counts accepted connections, `closed` ended ones.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import contextlib
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +48,7 @@ class WireUpstream:
         self.idle_close_s = idle_close_s
         self.requests: list[tuple[bytes, bytes]] = []
         self.connections = 0
+        self.closed = 0  # connections this server has closed (or seen closed)
         self._lock = threading.Lock()
         self._open: list[socket.socket] = []
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -125,10 +127,19 @@ class WireUpstream:
         except OSError:
             return
         finally:
+            conn.close()
             with self._lock:
                 if conn in self._open:
                     self._open.remove(conn)
-            conn.close()
+                self.closed += 1
+
+    def wait_closed(self, count: int, timeout: float = 10.0) -> None:
+        """Block (the calling thread, deliberately) until `count` connections have ended."""
+        deadline = time.monotonic() + timeout
+        while self.closed < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"only {self.closed} of {count} connections closed")
+            time.sleep(0.01)
 
 
 def _read_until(conn: socket.socket, pending: bytes, marker: bytes) -> tuple[bytes, bytes]:

@@ -7,8 +7,6 @@ docs/configuration.md; the client-level cases are in tests/unit/test_upstream_ht
 
 from __future__ import annotations
 
-import time
-
 import httpx
 
 from tests.conftest import start_gateway
@@ -37,7 +35,7 @@ def test_an_upstream_closing_idle_connections_serves_every_request_once(tmp_path
                     response = http.post("/v1/chat/completions", json=BODY)
                     assert response.status_code == 200, response.text
                     assert response.json()["choices"][0]["message"]["content"] == f"Paris {n}"
-                    time.sleep(0.5)  # longer than the server's keep-alive: it closes
+                    server.wait_closed(n)  # the server's keep-alive timer closed it
         finally:
             gw.server.stop()
         assert _posts(server) == ["POST /v1/chat/completions"] * 3  # no request twice

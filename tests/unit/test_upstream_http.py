@@ -172,7 +172,6 @@ async def test_a_connection_the_server_closed_while_idle_is_never_written_to(
     longer). The next POST must go out on a new connection, once. With `loop_busy` the event
     loop is blocked while the server closes, so the EOF sits in the kernel undispatched when the
     request is sent: only the pre-send socket poll can tell the connection is dead."""
-    import time
 
     def answer(n: int, head: bytes, body: bytes) -> bytes:
         return ok(b'{"n": %d}' % n)
@@ -183,8 +182,10 @@ async def test_a_connection_the_server_closed_while_idle_is_never_written_to(
         first = await http.request("POST", f"{base}/completions", body=b"{}")
         assert await first.read() == b'{"n": 1}'
         if loop_busy:
-            time.sleep(0.6)  # blocks the loop: the FIN arrives but is not dispatched
+            # Blocks the loop (no await): the server's FIN arrives but is not dispatched.
+            server.wait_closed(1)
         else:
+            assert await _eventually(lambda: server.closed == 1)
             assert await _eventually(lambda: all(c.closed for q in http._idle.values() for c in q))
         second = await http.request("POST", f"{base}/completions", body=b"{}")
         assert await second.read() == b'{"n": 2}'
