@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -23,6 +23,40 @@ CalibrationMode = Literal["options", "sequence"]
 SystemPromptPolicy = Literal["prepend", "replace", "off"]
 
 
+def read_key_file(path: Path, what: str) -> SecretStr:
+    """The key in `path` (surrounding whitespace stripped), read once at start-up.
+
+    Errors name the file, never its content.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or type(error).__name__
+        raise ValueError(f"{what}: cannot read {path}: {reason}") from None
+    key = checked_key(text, f"{what} ({path})")
+    if key is None:
+        raise ValueError(f"{what}: {path} is empty")
+    return key
+
+
+def checked_key(value: str | SecretStr | None, what: str) -> SecretStr | None:
+    """A bearer key as sent upstream: stripped, visible ASCII only (it goes into an HTTP header
+    verbatim, so CR/LF or spaces would corrupt the request); empty means no key."""
+    if value is None:
+        return None
+    text = value.get_secret_value() if isinstance(value, SecretStr) else value
+    text = text.strip()
+    if not text:
+        return None
+    if any(not 0x21 <= ord(char) <= 0x7E for char in text):
+        raise ValueError(f"{what} must be visible ASCII characters only (no spaces or newlines)")
+    return SecretStr(text)
+
+
+def _empty_as_none(value: Any) -> Any:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
 def default_data_dir() -> Path:
     """Where the gateway and the embedded engine keep state (`CALIB_DATA_DIR`)."""
     return Path(os.environ.get("CALIB_DATA_DIR", Path.home() / ".cache" / "mllm-calib"))
@@ -31,8 +65,18 @@ def default_data_dir() -> Path:
 class ModelConfig(BaseModel):
     """Per-model configuration: where it is served and how its answers are calibrated."""
 
+    model_config = ConfigDict(hide_input_in_errors=True)  # keys must not reach error messages
+
     upstream: str | None = Field(
         None, description="Base URL of this model's upstream; defaults to the global upstream."
+    )
+    api_key: SecretStr | None = Field(
+        None,
+        description="Bearer key for this model's upstream; default: the global key, but only "
+        "when the model uses the global upstream (it is never sent to another host).",
+    )
+    api_key_file: Path | None = Field(
+        None, description="File holding `api_key` (read at start-up; `api_key` wins if both)."
     )
     served_name: str | None = Field(
         None, description="The model name the upstream knows; defaults to the key in `models`."
@@ -59,16 +103,36 @@ class ModelConfig(BaseModel):
     )
     top_logprobs: int = Field(20, ge=1, le=20, description="K requested from the upstream.")
 
+    _empty_key = field_validator("api_key", "api_key_file", mode="before")(_empty_as_none)
+
+    @model_validator(mode="after")
+    def _resolve_key(self) -> ModelConfig:
+        self.api_key = checked_key(self.api_key, "api_key")
+        if self.api_key is None and self.api_key_file is not None:
+            self.api_key = read_key_file(self.api_key_file, "api_key_file")
+        return self
+
 
 class Settings(BaseSettings):
     """Everything the gateway process needs to know at start-up."""
 
-    model_config = SettingsConfigDict(env_prefix="CALIB_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="CALIB_", extra="ignore", hide_input_in_errors=True
+    )
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     upstream: str = Field(
         "http://127.0.0.1:8011/v1", description="OpenAI-style base URL of the upstream engine."
+    )
+    upstream_api_key: SecretStr | None = Field(
+        None,
+        description="Sent as `Authorization: Bearer <key>` on every call to the global upstream "
+        "(vLLM's `--api-key`).",
+    )
+    upstream_api_key_file: Path | None = Field(
+        None,
+        description="File holding the upstream key (read at start-up); `upstream_api_key` wins.",
     )
     db: str | None = Field(None, description="SQLAlchemy URL; default SQLite in the data dir.")
     config: Path | None = Field(None, description="YAML file with settings and `models`.")
@@ -152,6 +216,45 @@ class Settings(BaseSettings):
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/")
 
+    _empty_key = field_validator("upstream_api_key", "upstream_api_key_file", mode="before")(
+        _empty_as_none
+    )
+
+    @model_validator(mode="after")
+    def _resolve_key(self) -> Settings:
+        self.upstream_api_key = checked_key(self.upstream_api_key, "upstream_api_key")
+        if self.upstream_api_key is None and self.upstream_api_key_file is not None:
+            self.upstream_api_key = read_key_file(
+                self.upstream_api_key_file, "upstream_api_key_file"
+            )
+        return self
+
+    def upstream_key_for(self, config: ModelConfig) -> str | None:
+        """The bearer key for `config`'s upstream: its own key, else the global key when it is
+        served by the global upstream. The global key never goes to another host."""
+        if config.api_key is not None:
+            return config.api_key.get_secret_value()
+        same_host = config.upstream is None or config.upstream.rstrip("/") == self.upstream
+        if same_host and self.upstream_api_key is not None:
+            return self.upstream_api_key.get_secret_value()
+        return None
+
+    def upstream_keys(self, model: str) -> dict[str, str]:
+        """Keys by upstream base URL for jobs that replay `model` (prompt optimization): the
+        global upstream's key, and `model`'s own upstream with its key."""
+        keys: dict[str, str] = {}
+        if self.upstream_api_key is not None:
+            keys[self.upstream] = self.upstream_api_key.get_secret_value()
+        config = self.model_settings(model)
+        key = self.upstream_key_for(config)
+        if key is not None:
+            keys[self.upstream_base_for(config)] = key
+        return keys
+
+    def upstream_base_for(self, config: ModelConfig) -> str:
+        """The base URL `config`'s model is served from (no trailing slash)."""
+        return (config.upstream or self.upstream).rstrip("/")
+
     @property
     def database_url(self) -> str:
         """The store URL, SQLite in the data dir unless `db` is given."""
@@ -172,11 +275,35 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources: list[PydanticBaseSettingsSource] = [
+            _KeyBeforeFile(settings_cls, init_settings),
+            _KeyBeforeFile(settings_cls, env_settings),
+        ]
         config_file = _config_file_from(init_settings)
         if config_file is not None:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
         return tuple(sources)
+
+
+class _KeyBeforeFile(PydanticBaseSettingsSource):
+    """A source that gives `upstream_api_key_file` hides lower sources' `upstream_api_key`.
+
+    So the key comes from the highest source naming either (flags > env > YAML), and within
+    one source the key itself wins over the file.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], inner: PydanticBaseSettingsSource):
+        super().__init__(settings_cls)
+        self.inner = inner
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self.inner.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        values = self.inner()
+        if values.get("upstream_api_key_file") is not None and "upstream_api_key" not in values:
+            values = {**values, "upstream_api_key": None}
+        return values
 
 
 def _config_file_from(init_settings: PydanticBaseSettingsSource) -> Path | None:

@@ -7,22 +7,27 @@ failures become `APIError`s with the status a client should see:
 - connection refused / reset before a response, or a malformed response → 502
 - the upstream took longer than the configured timeout → 504
 - the upstream answered 4xx/5xx → the same status, with the upstream's own message
+
+Every call names its `UpstreamTarget`: the base URL and the `Authorization` value for it
+(`Settings.upstream_key_for`). The client's own headers are never forwarded, its gateway API key
+included: the upstream sees only the key the gateway is configured with (docs/security.md).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from service.errors import APIError
-from service.settings import Settings
+from service.settings import ModelConfig, Settings
 from service.upstream_http import UpstreamHTTP, UpstreamResponse, UpstreamTransportError
 
 __all__ = [
     "Upstream",
     "UpstreamReply",
     "UpstreamResponse",
+    "UpstreamTarget",
     "UpstreamTransportError",
     "error_kind",
     "upstream_error_from",
@@ -37,11 +42,25 @@ class UpstreamReply:
     body: Any
 
 
+@dataclass(frozen=True, slots=True)
+class UpstreamTarget:
+    """Where one model's requests go: base URL, and the `Authorization` header value if any."""
+
+    base: str
+    authorization: bytes | None = field(default=None, repr=False)
+
+    def url(self, path: str) -> str:
+        return f"{self.base}/{path.lstrip('/')}"
+
+
 class Upstream:
     """Thin async façade over the pooled client; every method maps transport errors."""
 
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.base_url = settings.upstream
+        self.default = self._resolve(ModelConfig())
+        self._targets: dict[int, tuple[ModelConfig, UpstreamTarget]] = {}
         self.client = UpstreamHTTP(
             max_connections=settings.upstream_max_connections,
             timeout=settings.upstream_timeout_s,
@@ -51,33 +70,68 @@ class Upstream:
     async def aclose(self) -> None:
         await self.client.aclose()
 
-    def url(self, base: str | None, path: str) -> str:
-        return f"{(base or self.base_url).rstrip('/')}/{path.lstrip('/')}"
+    def target(self, config: ModelConfig | None = None) -> UpstreamTarget:
+        """The target of a model's configuration (None: the global upstream and key)."""
+        if config is None:
+            return self.default
+        hit = self._targets.get(id(config))
+        if hit is not None and hit[0] is config:
+            return hit[1]
+        resolved = self._resolve(config)
+        self._targets[id(config)] = (config, resolved)
+        return resolved
 
-    async def post_json(self, base: str | None, path: str, content: bytes) -> UpstreamReply:
-        """POST an already-serialized JSON body; return the parsed 2xx JSON body."""
-        return await self._complete("POST", self.url(base, path), content, None)
+    def _resolve(self, config: ModelConfig) -> UpstreamTarget:
+        key = self.settings.upstream_key_for(config)
+        header = f"Bearer {key}".encode("ascii") if key else None
+        return UpstreamTarget(self.settings.upstream_base_for(config), header)
+
+    async def post_json(
+        self, target: UpstreamTarget | None, path: str, content: bytes
+    ) -> UpstreamReply:
+        """POST an already-serialized JSON body; return the parsed 2xx JSON body.
+
+        `target` None: the global upstream with the global key (as for every method here)."""
+        return await self._complete("POST", target or self.default, path, content, None)
 
     async def get_json(
-        self, base: str | None, path: str, *, timeout: float | None = None
+        self, target: UpstreamTarget | None, path: str, *, timeout: float | None = None
     ) -> UpstreamReply:
-        return await self._complete("GET", self.url(base, path), b"", timeout)
+        return await self._complete("GET", target or self.default, path, b"", timeout)
 
     async def _complete(
-        self, method: str, url: str, content: bytes, timeout: float | None
+        self,
+        method: str,
+        target: UpstreamTarget,
+        path: str,
+        content: bytes,
+        timeout: float | None,
     ) -> UpstreamReply:
         try:
-            response = await self.client.request(method, url, body=content, timeout=timeout)
+            response = await self.client.request(
+                method,
+                target.url(path),
+                body=content,
+                timeout=timeout,
+                authorization=target.authorization,
+            )
             raw = await response.read()
         except UpstreamTransportError as exc:
             raise upstream_error_from(exc) from None
-        return _parse_reply(response.status, raw)
+        return _parse_reply(response.status, _scrub(raw, target))
 
-    async def open_stream(self, base: str | None, path: str, content: bytes) -> UpstreamResponse:
+    async def open_stream(
+        self, target: UpstreamTarget | None, path: str, content: bytes
+    ) -> UpstreamResponse:
         """Start a streamed POST; return the open 2xx response (caller must `aclose()` it)."""
+        target = target or self.default
         try:
             response = await self.client.request(
-                "POST", self.url(base, path), body=content, accept=b"text/event-stream"
+                "POST",
+                target.url(path),
+                body=content,
+                accept=b"text/event-stream",
+                authorization=target.authorization,
             )
         except UpstreamTransportError as exc:
             raise upstream_error_from(exc) from None
@@ -89,7 +143,7 @@ class Upstream:
             except UpstreamTransportError as exc:
                 raise upstream_error_from(exc) from None
             if response.status >= 400:
-                raise _status_error(response.status, raw)
+                raise _status_error(response.status, _scrub(raw, target))
             raise APIError(
                 502,
                 "The upstream engine answered a stream request without an event stream.",
@@ -130,6 +184,16 @@ def upstream_error_from(exc: UpstreamTransportError) -> APIError:
     )
 
 
+def _scrub(raw: bytes, target: UpstreamTarget) -> bytes:
+    """An upstream body with our key blanked: an error page that echoes the request's headers
+    must not hand the key to the client."""
+    header = target.authorization
+    if header is None or len(raw) < 8:
+        return raw
+    key = header[7:]  # after b"Bearer "
+    return raw.replace(key, b"***") if key in raw else raw
+
+
 def _parse_reply(status: int, raw: bytes) -> UpstreamReply:
     if status >= 400:
         raise _status_error(status, raw)
@@ -165,4 +229,13 @@ def _status_error(status: int, raw: bytes) -> APIError:
     if message is None:
         text = raw.decode("utf-8", "replace").strip()
         message = text[:500] or f"The upstream engine answered HTTP {status}."
+    if status in (401, 403):
+        # The gateway's credentials were refused, not the client's: a 401 would tell an OpenAI
+        # SDK user that *their* key is wrong. 502 names the real culprit.
+        return APIError(
+            502,
+            f"The upstream engine refused the gateway's credentials (HTTP {status}: {message}). "
+            "Check the gateway's upstream_api_key (docs/configuration.md).",
+            code="upstream_error",
+        )
     return APIError(status, message, param=param, code="upstream_error")

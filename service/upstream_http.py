@@ -13,10 +13,19 @@ Semantics the gateway relies on:
   timeout;
 - `timeout` bounds each wait for the upstream (response headers, and each next piece of a body);
   `connect_timeout` bounds opening a connection;
-- a request on a *reused* keep-alive connection that the server closed before sending any byte
-  is retried once on a fresh connection (the server never saw it); nothing else is retried;
+- a request is never sent twice when the server may have read it (a generation must not run
+  twice). Before a reused keep-alive connection carries a request it is checked: closed by the
+  server (the event loop saw EOF/reset), or anything waiting to be read on the socket (a
+  zero-timeout `poll`: an EOF, a reset or stray bytes the loop has not dispatched yet) → it is
+  closed and another (or a new) connection is used. Once a byte of the request was written, a
+  failure is the caller's error (502), with one exception: an idempotent `GET` (model list,
+  readiness probe) is re-sent once on a new connection if a reused one closed before any byte
+  of the answer. The remaining window — the server closes the connection between that check
+  and the write — is microseconds wide, and rare because idle connections expire first:
 - idle connections expire after `keepalive_expiry` seconds (below uvicorn's 5 s default, so we
-  drop them before the server does).
+  drop them before the server does);
+- `authorization` (e.g. ``b"Bearer sk-…"``) is sent as the `Authorization` header; it appears
+  in no error message.
 
 Failures raise `UpstreamTransportError` with `kind` one of ``connect``, ``timeout``, ``protocol``.
 """
@@ -25,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import select
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -79,10 +89,16 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self.response: UpstreamResponse | None = None
+        self._poll: select.poll | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        fd = sock.fileno() if sock is not None else -1
+        if fd >= 0:
+            self._poll = select.poll()
+            self._poll.register(fd, select.POLLIN | select.POLLPRI)
 
     def data_received(self, data: bytes) -> None:
         response = self.response
@@ -100,10 +116,12 @@ class _Connection(asyncio.Protocol):
             self.close()
 
     def eof_received(self) -> bool:
+        self.closed = True
         return False  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._poll = None
         if self.response is not None:
             self.response.on_connection_lost()
 
@@ -111,6 +129,14 @@ class _Connection(asyncio.Protocol):
     def stale(self, oldest_ok: float) -> bool:
         """Closed by the server, or idle since before `oldest_ok` (monotonic seconds)."""
         return self.closed or self.idle_since < oldest_ok
+
+    def quiet(self) -> bool:
+        """Open, and nothing waiting on the socket: no EOF, reset or stray bytes that the event
+        loop has not dispatched yet (an idle connection must be silent). One `poll` syscall."""
+        transport = self.transport
+        if self.closed or transport is None or transport.is_closing():
+            return False
+        return self._poll is None or not self._poll.poll(0)
 
     def close(self) -> None:
         self.closed = True
@@ -308,6 +334,7 @@ class UpstreamHTTP:
         body: bytes = b"",
         accept: bytes = b"application/json",
         timeout: float | None = None,
+        authorization: bytes | None = None,
     ) -> UpstreamResponse:
         """Send one request; return once the response headers are in (body still streaming)."""
         if self._closed:
@@ -325,6 +352,8 @@ class UpstreamHTTP:
                 _USER_AGENT,
                 b"\r\nAccept: ",
                 accept,
+                b"\r\nAuthorization: " if authorization else b"",
+                authorization or b"",
                 b"\r\nContent-Type: application/json\r\nContent-Length: ",
                 str(len(body)).encode("ascii"),
                 b"\r\n\r\n",
@@ -332,7 +361,7 @@ class UpstreamHTTP:
         )
         await self._acquire_slot(wait)
         try:
-            return await self._send(key, head + body, wait)
+            return await self._send(key, head + body, wait, idempotent=method == "GET")
         except BaseException:
             self._slots.release()
             raise
@@ -349,7 +378,9 @@ class UpstreamHTTP:
                 "timeout", f"all upstream connections stayed busy for {wait:g} s"
             ) from None
 
-    async def _send(self, key: tuple[str, str, int], data: bytes, wait: float) -> UpstreamResponse:
+    async def _send(
+        self, key: tuple[str, str, int], data: bytes, wait: float, *, idempotent: bool
+    ) -> UpstreamResponse:
         conn = self._idle_connection(key)
         reused = conn is not None
         if conn is None:
@@ -360,9 +391,10 @@ class UpstreamHTTP:
         except UpstreamTransportError as exc:
             conn.response = None
             conn.close()
-            if not (reused and exc.kind == "protocol" and not response.got_bytes):
+            # The request was written: the server may have read it. Only an idempotent request
+            # may be sent again (a POST would run its generation twice).
+            if not (idempotent and reused and exc.kind == "protocol" and not response.got_bytes):
                 raise
-            # A stale keep-alive connection: the server closed it before reading the request.
             conn = await self._connect(key)
             response = self._start(conn, data, wait)
             try:
@@ -391,7 +423,7 @@ class UpstreamHTTP:
         oldest_ok = time.monotonic() - self.keepalive_expiry
         while idle:
             conn = idle.pop()
-            if not conn.stale(oldest_ok):
+            if not conn.stale(oldest_ok) and conn.quiet():
                 return conn
             conn.close()
         return None

@@ -14,6 +14,10 @@ Reply types:
 - `Stall(seconds, then)`: wait before answering (to test timeouts);
 - `Drop()`: announce a body, send half of it and cut the connection.
 
+Set `double.api_key` to make it behave like `vllm serve --api-key KEY`: every `/v1` request
+without `Authorization: Bearer KEY` is answered 401 `{"error": "Unauthorized"}` (vLLM's exact
+reply) and counted in `double.unauthorized`.
+
 Builders (`chat_response`, `completion_response`, `chat_steps`, `legacy_steps`, `chat_stream`,
 `completion_stream`) produce bodies in vLLM's exact shapes.
 """
@@ -320,6 +324,8 @@ class UpstreamDouble:
         #: When set, what `GET /v1/models` answers (else the `models` list, or `reply` when that
         #: is a JSON/raw/stall reply).
         self.models_reply: Any = None
+        self.api_key: str | None = None
+        self.unauthorized = 0
         self._server = ServerThread(self._app, interface="asgi3")
 
     @property
@@ -338,6 +344,8 @@ class UpstreamDouble:
         self.reply = None
         self.known_models = None
         self.models_reply = None
+        self.api_key = None
+        self.unauthorized = 0
 
     @property
     def last(self) -> RecordedRequest:
@@ -363,6 +371,15 @@ class UpstreamDouble:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         path = scope["path"]
         self.requests.append(RecordedRequest(scope["method"], path, headers, raw))
+        bearer = headers.get("authorization")
+        if (
+            self.api_key is not None
+            and path.startswith("/v1")
+            and bearer != f"Bearer {self.api_key}"
+        ):
+            self.unauthorized += 1
+            await self._send(send, JSONReply({"error": "Unauthorized"}, 401))
+            return
 
         if scope["method"] == "GET" and path == "/v1/models":
             reply = self.reply if isinstance(self.reply, (JSONReply, RawReply, Stall)) else None

@@ -158,7 +158,13 @@ def optimize_prompt(
 
         async def go() -> dict[str, Any]:
             async with httpx.AsyncClient(timeout=settings.upstream_timeout_s) as client:
-                return await run_job(store, job_id, client=client, on_progress=on_progress)
+                return await run_job(
+                    store,
+                    job_id,
+                    client=client,
+                    on_progress=on_progress,
+                    upstream_keys=settings.upstream_keys(view["model"]),
+                )
 
         try:
             view = asyncio.run(go())

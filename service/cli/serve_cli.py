@@ -19,6 +19,15 @@ def serve(
     upstream: str = typer.Option(
         None, help="OpenAI-style base URL of the engine, e.g. http://127.0.0.1:8011/v1."
     ),
+    upstream_api_key: str = typer.Option(
+        None,
+        help="Bearer key the upstream (vLLM --api-key) expects; visible in `ps`, so prefer "
+        "CALIB_UPSTREAM_API_KEY or --upstream-api-key-file.",
+        show_default=False,
+    ),
+    upstream_api_key_file: Path = typer.Option(
+        None, help="File holding the upstream key (read once at start-up)."
+    ),
     db: str = typer.Option(None, help="SQLAlchemy URL of the store (default SQLite in data dir)."),
     config: Path = typer.Option(None, help="YAML file with settings and per-model config."),
     workers: int = typer.Option(None, help="Worker processes (default 1)."),
@@ -37,6 +46,8 @@ def serve(
       --db postgresql+psycopg://calib@db/calib
 
       CALIB_ADMIN_KEY=sk-calib-admin calib serve --upstream http://vllm:8000/v1
+
+      CALIB_UPSTREAM_API_KEY_FILE=/run/secrets/vllm-key calib serve --upstream http://vllm:8000/v1
     """
     import uvicorn
     from pydantic import ValidationError
@@ -47,6 +58,8 @@ def serve(
         "host": host,
         "port": port,
         "upstream": upstream,
+        "upstream_api_key": upstream_api_key,
+        "upstream_api_key_file": upstream_api_key_file,
         "db": db,
         "config": config,
         "workers": workers,

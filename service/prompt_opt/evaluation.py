@@ -33,7 +33,7 @@ from service.idk_option import insert_in_messages, insert_in_prompt
 from service.prompt_opt.items import LabeledItem
 from service.shaping import inject_system_prompt, prefix_prompt
 
-__all__ = ["EvaluationError", "ItemResult", "Replayer", "summarize"]
+__all__ = ["EvaluationError", "ItemResult", "Replayer", "bearer", "scrub", "summarize"]
 
 TOP_LOGPROBS = 20
 MAX_TOKENS = 8
@@ -50,6 +50,20 @@ class ItemResult:
     correct: bool
     confidence: float
     abstained: bool  # chose the IDK option
+
+
+def bearer(api_key: str | None) -> dict[str, str]:
+    """The `Authorization` header for an upstream key (none without a key)."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def scrub(text: str, headers: dict[str, str], limit: int = 200) -> str:
+    """An upstream body for an error message (stored with the job): at most `limit` characters,
+    our key blanked in case the upstream echoed the request's headers."""
+    auth = headers.get("Authorization")
+    if auth:
+        text = text.replace(auth[len("Bearer ") :], "***")
+    return text[:limit]
 
 
 def summarize(results: list[ItemResult]) -> Evaluation:
@@ -75,9 +89,11 @@ class Replayer:
         policy: str = "prepend",
         concurrency: int = 8,
         extra: dict[str, Any] | None = None,
+        api_key: str | None = None,
     ) -> None:
         self._client = client
         self._base = base_url.rstrip("/")
+        self._headers = bearer(api_key)
         self._model = model
         self._policy = policy
         self._limit = asyncio.Semaphore(max(1, concurrency))
@@ -120,13 +136,15 @@ class Replayer:
         path, body = self.body(item, prompt)
         async with self._limit:
             try:
-                response = await self._client.post(f"{self._base}/{path}", json=body)
+                response = await self._client.post(
+                    f"{self._base}/{path}", json=body, headers=self._headers
+                )
             except httpx.HTTPError as error:
                 raise EvaluationError(f"upstream unreachable: {error!r}") from error
             self.requests += 1
         if response.status_code != 200:
             raise EvaluationError(
-                f"upstream answered {response.status_code}: {response.text[:200]}"
+                f"upstream answered {response.status_code}: {scrub(response.text, self._headers)}"
             )
         choice = (response.json().get("choices") or [{}])[0]
         score = score_options(choice.get("logprobs"), item.options)

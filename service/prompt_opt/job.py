@@ -27,7 +27,7 @@ import logging
 import math
 import secrets
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -260,13 +260,16 @@ async def run_job(
     on_progress: ProgressFn | None = None,
     on_activated: Callable[[str, str], None] | None = None,
     fail_after: int | None = None,
+    upstream_keys: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the job to the end; returns `get_job`'s view. Raises on failure, after
     recording it (status `failed`, `error`), so the job can be resumed.
 
     ``client`` is an ``httpx.AsyncClient``; ``paraphraser`` an async ``(prompt, m) -> list``
     (default: `Paraphraser` on the job's configured endpoint). ``fail_after`` makes the job
-    raise after that many new evaluations (for crash tests and drills).
+    raise after that many new evaluations (for crash tests and drills). ``upstream_keys`` maps
+    base URLs to bearer keys (`Settings.upstream_keys`): the replay and the paraphraser send the
+    key of the URL they call, and nothing to any other URL. Keys are never stored with the job.
     """
     from service.prompt_opt.paraphraser import Paraphraser
 
@@ -284,19 +287,23 @@ async def run_job(
     if not await asyncio.to_thread(store.acquire_lease, lease, holder, LEASE_TTL_S):
         raise JobBusy(f"prompt optimization {job_id} is being run elsewhere")
 
+    keys = {url.rstrip("/"): key for url, key in (upstream_keys or {}).items()}
     replayer = Replayer(
         client,
         config.upstream,
         config.served_model or model,
         policy=config.system_prompt_policy,
         concurrency=config.concurrency,
+        api_key=keys.get(config.upstream.rstrip("/")),
     )
     if paraphraser is None:
+        paraphraser_url = (config.paraphraser_url or config.upstream).rstrip("/")
         paraphraser = Paraphraser(
             client,
-            config.paraphraser_url or config.upstream,
+            paraphraser_url,
             config.paraphraser_model or config.served_model or model,
             api=config.paraphraser_api,
+            api_key=keys.get(paraphraser_url),
         )
     loop = asyncio.get_running_loop()
     fresh = 0

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 
 from calibrators import normalize_prompt
-from service.prompt_opt.evaluation import EvaluationError
+from service.prompt_opt.evaluation import EvaluationError, bearer, scrub
 
 __all__ = ["Paraphraser", "few_shot_prompt", "parse_paraphrases"]
 
@@ -74,11 +74,13 @@ class Paraphraser:
         api: str = "completions",
         temperature: float = 0.9,
         max_tokens: int = 40,
+        api_key: str | None = None,
     ) -> None:
         if api not in ("completions", "chat"):
             raise ValueError("api must be 'completions' or 'chat'")
         self._client = client
         self._base = base_url.rstrip("/")
+        self._headers = bearer(api_key)
         self.model = model
         self.api = api
         self._temperature = temperature
@@ -114,11 +116,14 @@ class Paraphraser:
     async def _post(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         path = "chat/completions" if self.api == "chat" else "completions"
         try:
-            response = await self._client.post(f"{self._base}/{path}", json=body)
+            response = await self._client.post(
+                f"{self._base}/{path}", json=body, headers=self._headers
+            )
         except httpx.HTTPError as error:
             raise EvaluationError(f"paraphraser unreachable: {error!r}") from error
         if response.status_code != 200:
             raise EvaluationError(
-                f"paraphraser answered {response.status_code}: {response.text[:200]}"
+                f"paraphraser answered {response.status_code}: "
+                f"{scrub(response.text, self._headers)}"
             )
         return [c for c in response.json().get("choices") or [] if isinstance(c, dict)]

@@ -46,7 +46,8 @@ async def _check_store(request: Request) -> str:
 
 async def _check_upstream(request: Request) -> str:
     try:
-        await request.app.state.upstream.get_json(None, "models", timeout=_CHECK_TIMEOUT_S)
+        upstream = request.app.state.upstream
+        await upstream.get_json(upstream.default, "models", timeout=_CHECK_TIMEOUT_S)
     except APIError as exc:
         return f"error: HTTP {exc.status}: {exc.message}"[:300]
     except Exception as exc:

@@ -45,6 +45,9 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["calibration"])
 
+# How long a resume waits for a job that recorded `failed` to finish releasing its lease.
+_FINISHING_S = 10.0
+
 _TASK_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 
@@ -93,9 +96,12 @@ async def _store_call(function: Any, *args: Any) -> Any:
         ) from None
 
 
-def _start(request: Request, job_id: str, timeout_s: float) -> None:
+def _start(request: Request, job_id: str, model: str) -> None:
     app = request.app
     store = app.state.store
+    settings: Settings = app.state.settings
+    timeout_s = settings.upstream_timeout_s
+    keys = settings.upstream_keys(model)  # resolved now, never stored with the job
 
     def activated(model: str, task: str) -> None:
         profiles = getattr(app.state, "profiles", None)
@@ -105,7 +111,9 @@ def _start(request: Request, job_id: str, timeout_s: float) -> None:
     async def work() -> None:
         async with httpx.AsyncClient(timeout=timeout_s) as client:
             try:
-                await run_job(store, job_id, client=client, on_activated=activated)
+                await run_job(
+                    store, job_id, client=client, on_activated=activated, upstream_keys=keys
+                )
             except Exception:  # recorded in the job row by run_job
                 logger.info("prompt optimization %s did not finish", job_id)
 
@@ -180,7 +188,7 @@ async def start_prompt_optimization(
         paraphraser_api=body.paraphraser.api,
     )
     job_id = await _store_call(create_job, store, model, body.task, config, search, heldout)
-    _start(request, job_id, settings.upstream_timeout_s)
+    _start(request, job_id, model)
     return _accepted(await _store_call(get_job, store, job_id))
 
 
@@ -212,8 +220,13 @@ async def resume_prompt_optimization(
     view = await _view(request, job_id)
     if view["status"] in ("succeeded", "rejected"):
         raise APIError(409, f"Job {job_id} has already finished ({view['status']}).", param="id")
-    if any(t.get_name() == f"prompt-opt-{job_id}" for t in _jobs(request)):
+    task = next((t for t in _jobs(request) if t.get_name() == f"prompt-opt-{job_id}"), None)
+    if task is not None and view["status"] == "failed":
+        # The job has recorded its failure and is only releasing its lease: a client that saw
+        # `failed` may resume at once, so wait for that instead of answering 409.
+        await asyncio.wait({task}, timeout=_FINISHING_S)
+    if task is not None and not task.done():
         raise APIError(409, f"Job {job_id} is running in this process.", param="id")
     await _store_call(mark_queued, request.app.state.store, job_id)
-    _start(request, job_id, request.app.state.settings.upstream_timeout_s)
+    _start(request, job_id, view["model"])
     return _accepted(await _view(request, job_id))

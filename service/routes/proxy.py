@@ -36,6 +36,7 @@ from service.confidence import Outcome, calibrate_choice, no_choice_outcome
 from service.errors import APIError
 from service.idk_option import insert_in_messages, insert_in_prompt
 from service.images import validate_image_parts
+from service.model_list import list_models as model_list
 from service.request_body import (
     LogprobWish,
     check_chat,
@@ -289,13 +290,13 @@ async def complete(request: Request, principal: Principal, legacy: bool) -> Resp
         prep = await _prepare(request, legacy)
         upstream = request.app.state.upstream
         path = "completions" if legacy else "chat/completions"
-        base = prep.config.upstream
+        target = upstream.target(prep.config)  # base URL + this upstream's key
         t0 = clock()
         try:
             if prep.stream:
-                stream = await upstream.open_stream(base, path, prep.content)
+                stream = await upstream.open_stream(target, path, prep.content)
             else:
-                reply = await upstream.post_json(base, path, prep.content)
+                reply = await upstream.post_json(target, path, prep.content)
         finally:
             upstream_s = clock() - t0
         if prep.stream:
@@ -411,6 +412,7 @@ async def completions(request: Request, principal: Principal = Depends(authentic
 
 @router.get("/v1/models", summary="List models")
 async def list_models(request: Request, _: Principal = Depends(authenticate)) -> Response:
-    """The upstream's model list, unchanged (the default upstream's)."""
-    reply = await request.app.state.upstream.get_json(None, "models")
-    return Response(_dumps(reply.body), media_type="application/json")
+    """The models clients can use: configured names (a `served_name` mapped back), the global
+    upstream's other models, and every configured model (see `service.model_list`)."""
+    body = await model_list(request.app.state.upstream, request.app.state.settings)
+    return Response(_dumps(body), media_type="application/json")

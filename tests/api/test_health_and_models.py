@@ -9,6 +9,8 @@ import time
 
 import httpx
 
+from tests.conftest import GATEWAY_MODELS
+
 
 def test_healthz(client):
     assert client.get("/healthz").json() == {"status": "ok"}
@@ -20,15 +22,25 @@ def test_readyz_checks_store_and_upstream(client):
     assert r.json()["checks"] == {"store": "ok", "upstream": "ok"}
 
 
-def test_models_are_proxied_unchanged(client, double):
+def test_models_list_the_names_clients_use_and_every_configured_model(client, double):
     double.models = ["test-model", "other"]
     try:
         r = client.get("/v1/models")
     finally:
         double.models = ["test-model"]
     assert r.status_code == 200
-    assert [m["id"] for m in r.json()["data"]] == ["test-model", "other"]
-    assert r.json()["object"] == "list"
+    body = r.json()
+    assert body["object"] == "list"
+    by_id = {m["id"]: m for m in body["data"]}
+    # `aliased` is served as `test-model`: listed under the client's name, with the engine's
+    # own fields; the engine's name itself is not offered.
+    assert by_id["aliased"]["owned_by"] == "double"
+    assert "test-model" not in by_id
+    assert by_id["other"]["owned_by"] == "double"  # an unconfigured engine model, unchanged
+    # Configured models the engine does not list are still there (conftest.GATEWAY_MODELS).
+    assert set(GATEWAY_MODELS) <= set(by_id)
+    assert by_id["mcq"]["object"] == "model" and by_id["mcq"]["owned_by"] == "mllm-calib"
+    assert len(body["data"]) == len(by_id) == len(GATEWAY_MODELS) + 1  # no duplicates
 
 
 def test_openapi_docs_are_served(client):

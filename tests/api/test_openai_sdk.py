@@ -7,6 +7,7 @@ import math
 import openai
 import pytest
 
+from tests.conftest import GATEWAY_MODELS
 from tests.upstream_double import (
     JSONReply,
     StreamReply,
@@ -105,7 +106,12 @@ def test_sdk_stream_interrupted_raises(sdk, double):
 
 
 def test_sdk_lists_models(sdk):
-    assert [m.id for m in sdk.models.list()] == ["test-model"]
+    """The names a client sends: `aliased` (served by the engine as `test-model`) and every
+    other configured model, parsed by the SDK as `Model` objects."""
+    models = {m.id: m for m in sdk.models.list()}
+    assert set(models) == set(GATEWAY_MODELS)
+    assert models["aliased"].owned_by == "double"  # the engine's entry, renamed
+    assert models["mcq"].owned_by == "mllm-calib" and models["mcq"].object == "model"
 
 
 async def test_async_chat(async_sdk, double):

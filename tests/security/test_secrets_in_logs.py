@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import logging
 import sqlite3
+import time
 
 import pytest
 
@@ -135,3 +136,94 @@ def test_metrics_are_open_without_a_metrics_key(secure: SecureGateway):
     import httpx
 
     assert httpx.get(f"{secure.url}/metrics", timeout=10).status_code == 200
+
+
+# ------------------------------------------------------------------------ the upstream key
+
+UPSTREAM_SECRET = "sk-upstream-never-shown-8e8e"
+
+
+@pytest.fixture(scope="module")
+def upstream_keyed_gateway(upstream_double, tmp_path_factory):
+    gw = start_gateway(
+        upstream_double.base_url,
+        tmp_path_factory.mktemp("upstream-key") / "calib.db",
+        refit_enabled=False,
+        upstream_api_key=UPSTREAM_SECRET,
+    )
+    yield gw
+    gw.server.stop()
+
+
+def test_the_upstream_key_never_reaches_logs_error_bodies_or_metrics(
+    upstream_keyed_gateway, double, all_logs
+):
+    """An engine that echoes the request's Authorization header in its errors (some proxies
+    and debug servers do): the gateway blanks its key before anything reaches the client, the
+    job store, the logs or /metrics."""
+    import httpx
+
+    logging.getLogger("httpcore").setLevel(logging.DEBUG)
+    double.api_key = UPSTREAM_SECRET
+
+    def echo(status):
+        def reply(path, body):
+            seen = double.last.headers.get("authorization", "")
+            return JSONReply({"error": {"message": f"rejected {seen}", "type": "x"}}, status)
+
+        return reply
+
+    chat = {"model": "test-model", "messages": [{"role": "user", "content": "hi"}]}
+    seen: list[str] = []
+    try:
+        with httpx.Client(base_url=upstream_keyed_gateway.url, timeout=30) as http:
+            double.reply = JSONReply(chat_response(None, content="B"))
+            assert http.post("/v1/chat/completions", json=chat).status_code == 200
+            for status in (500, 401, 400):
+                double.reply = echo(status)
+                for body in (chat, {**chat, "stream": True}):
+                    response = http.post("/v1/chat/completions", json=body)
+                    assert response.status_code in (status, 502), response.text
+                    assert "rejected" in response.text  # the engine's message is passed on...
+                    seen.append(response.text)
+            # /readyz and /v1/models when the engine's list answers with the key in it.
+            double.reply = JSONReply({"error": {"message": f"no {UPSTREAM_SECRET}"}}, 500)
+            ready = http.get("/readyz")
+            models = http.get("/v1/models")
+            assert ready.status_code == 503 and models.status_code == 500
+            seen += [ready.text, models.text]
+            # A prompt-optimization job whose replay fails stores the engine's answer.
+            double.reply = echo(500)
+            items = [
+                {"id": f"q{i}", "prompt": f"Q{i}", "options": ["A", "B"], "answer": "A"}
+                for i in range(6)
+            ]
+            started = http.post(
+                "/v1/calibration/models/test-model/prompt-optimizations",
+                json={"items": items, "seeds": ["Answer."], "k": 1, "m": 1, "n": 0},
+            )
+            assert started.status_code == 202
+            for _ in range(600):
+                view = http.get(started.json()["status_url"])
+                if view.json()["status"] == "failed":
+                    break
+                time.sleep(0.05)
+            assert view.json()["status"] == "failed" and "rejected" in view.json()["error"]
+            seen.append(view.text)
+            seen.append(http.get("/metrics").text)
+    finally:
+        logging.getLogger("httpcore").setLevel(logging.NOTSET)
+
+    # The key did travel to the engine (the check below would be empty otherwise) ...
+    assert {r.headers.get("authorization") for r in double.requests} == {
+        f"Bearer {UPSTREAM_SECRET}"
+    }
+    # ... and came back from it, but never out of the gateway.
+    for text in seen:
+        assert UPSTREAM_SECRET not in text
+    assert "***" in seen[1]  # blanked, not dropped: the engine's message is still useful
+    logs = all_logs.text + "".join(str(r.args) for r in all_logs.records)
+    assert all_logs.records
+    assert UPSTREAM_SECRET not in logs
+    settings = upstream_keyed_gateway.app.state.settings
+    assert UPSTREAM_SECRET not in repr(settings) and UPSTREAM_SECRET not in str(settings)

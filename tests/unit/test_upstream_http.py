@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 import pytest
 
 from service.upstream_http import UpstreamHTTP, UpstreamTransportError
+from tests.wire_upstream import WireUpstream
 
 
 class Wire:
@@ -124,9 +125,9 @@ async def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None
     assert state.connections == 3
 
 
-async def test_a_stale_keep_alive_connection_is_retried_once_on_a_new_one() -> None:
+async def test_a_get_on_a_reused_connection_closed_unanswered_is_sent_again_once() -> None:
     """The server drops the connection without answering the second request (as a server whose
-    keep-alive timer fired just then does); the client must not surface that as an error."""
+    keep-alive timer fired just then does). A GET is idempotent: it is re-sent on a new one."""
 
     async def drop_second(n: int, body: bytes) -> bytes | None:
         return None if n == 2 else ok(b'{"n": %d}' % n)
@@ -137,6 +138,60 @@ async def test_a_stale_keep_alive_connection_is_retried_once_on_a_new_one() -> N
         assert await (await http.request("GET", f"{base}/models")).read() == b'{"n": 3}'
         await http.aclose()
     assert state.connections == 2
+
+
+async def test_a_post_the_server_read_is_never_sent_twice() -> None:
+    """A reused connection: the server reads the second POST in full, then closes without a
+    byte of answer (a crash mid-generation). Re-sending would run the generation twice, so the
+    caller gets the error, and the server saw that request exactly once."""
+
+    async def drop_second(n: int, body: bytes) -> bytes | None:
+        return None if n == 2 else ok(b'{"n": %d}' % n)
+
+    async with wire(drop_second) as (state, base):
+        http = client()
+        first = await http.request("POST", f"{base}/completions", body=b'{"p": 1}')
+        assert await first.read() == b'{"n": 1}'
+        with pytest.raises(UpstreamTransportError) as caught:
+            await http.request("POST", f"{base}/completions", body=b'{"p": 2}')
+        assert caught.value.kind == "protocol"
+        # The next request works on a new connection.
+        third = await http.request("POST", f"{base}/completions", body=b'{"p": 3}')
+        assert await third.read() == b'{"n": 3}'
+        await http.aclose()
+    bodies = [r.rsplit(b"\r\n\r\n", 1)[1] for r in state.requests]
+    assert bodies == [b'{"p": 1}', b'{"p": 2}', b'{"p": 3}']  # the second exactly once
+    assert state.connections == 2
+
+
+@pytest.mark.parametrize("loop_busy", [False, True], ids=["loop-saw-eof", "eof-not-dispatched"])
+async def test_a_connection_the_server_closed_while_idle_is_never_written_to(
+    loop_busy: bool,
+) -> None:
+    """The server closes keep-alive connections idle for 0.1 s (its keep-alive timer; ours is
+    longer). The next POST must go out on a new connection, once. With `loop_busy` the event
+    loop is blocked while the server closes, so the EOF sits in the kernel undispatched when the
+    request is sent: only the pre-send socket poll can tell the connection is dead."""
+
+    def answer(n: int, head: bytes, body: bytes) -> bytes:
+        return ok(b'{"n": %d}' % n)
+
+    with WireUpstream(answer, idle_close_s=0.1) as server:
+        http = client(keepalive_expiry=30.0)
+        base = server.base_url
+        first = await http.request("POST", f"{base}/completions", body=b"{}")
+        assert await first.read() == b'{"n": 1}'
+        if loop_busy:
+            # Blocks the loop (no await): the server's FIN arrives but is not dispatched.
+            server.wait_closed(1)
+        else:
+            assert await _eventually(lambda: server.closed == 1)
+            assert await _eventually(lambda: all(c.closed for q in http._idle.values() for c in q))
+        second = await http.request("POST", f"{base}/completions", body=b"{}")
+        assert await second.read() == b'{"n": 2}'
+        await http.aclose()
+        assert server.paths() == ["POST /v1/completions"] * 2  # each request exactly once
+        assert server.connections == 2
 
 
 async def test_a_fresh_connection_dropped_before_answering_is_a_protocol_error() -> None:
