@@ -9,6 +9,10 @@ client's event loop is busy, like a real server would.
 `answer(n, head, body)` returns the response bytes for the n-th request (1-based, across all
 connections), or None to close the connection having read the request. Every request read is
 recorded in `requests`; `connections` counts accepted connections, `closed` ended ones.
+
+The gateway lists the upstream's models when it starts (service/known_models.py): a
+``GET .../models`` is answered with a list and a closed connection, and is left out of
+`requests`, `connections` and `closed`, so the counts are those of the generation requests.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ from typing import Any
 __all__ = ["WireUpstream", "http_json"]
 
 Answer = Callable[[int, bytes, bytes], bytes | None]
+
+#: What ``GET .../models`` answers (the model the retry tests send).
+MODEL_LIST = {"object": "list", "data": [{"id": "plain", "object": "model"}]}
 
 
 def http_json(body: Any, status: int = 200, *, close: bool = False) -> bytes:
@@ -101,6 +108,7 @@ class WireUpstream:
 
     def _serve(self, conn: socket.socket) -> None:
         pending = b""
+        listing = False
         try:
             while True:
                 # Idle between requests: close when the keep-alive timer runs out.
@@ -110,6 +118,10 @@ class WireUpstream:
                 except (TimeoutError, EOFError):
                     return
                 conn.settimeout(10.0)
+                if head.startswith(b"GET ") and b"/models " in head.split(b"\r\n", 1)[0]:
+                    listing = True
+                    conn.sendall(http_json(MODEL_LIST, close=True))
+                    return
                 length = _content_length(head)
                 while len(pending) < length:
                     chunk = conn.recv(65536)
@@ -131,7 +143,10 @@ class WireUpstream:
             with self._lock:
                 if conn in self._open:
                     self._open.remove(conn)
-                self.closed += 1
+                if listing:
+                    self.connections -= 1
+                else:
+                    self.closed += 1
 
     def wait_closed(self, count: int, timeout: float = 10.0) -> None:
         """Block (the calling thread, deliberately) until `count` connections have ended."""
