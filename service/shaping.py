@@ -176,6 +176,10 @@ def _top_n(top: dict[str, Any], n: int, rank: int | None) -> dict[str, Any]:
     return dict([first, *(rest[: n - 1] if within else rest)])
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _first_rank(entry: Any) -> int | None:
     """The prompt token's rank in one vLLM `prompt_logprobs` entry (its first item)."""
     if not isinstance(entry, dict) or not entry:
@@ -187,18 +191,37 @@ def _first_rank(entry: Any) -> int | None:
 
 def _trim_ranked(entries: Any, n: int) -> None:
     """vLLM `prompt_logprobs` entries (`{token_id: {logprob, rank, decoded_token}}`): keep the
-    prompt token (first) and the alternatives ranked within the top-n (in place)."""
+    prompt token (first) and the alternatives ranked within the top-n (in place).
+
+    vLLM reports the prompt token's rank as its place in the top-k when it is there, else as
+    the number of tokens at least as likely. A token inside the gateway's top-K but outside the
+    client's top-n gets the latter, counted from the top-K (which holds every more likely one).
+    """
     if not isinstance(entries, list):
         return
     for i, entry in enumerate(entries):
-        if isinstance(entry, dict) and len(entry) > 1:
-            kept = {}
-            for j, (key, value) in enumerate(entry.items()):
-                rank = value.get("rank") if isinstance(value, dict) else None
-                if j == 0 or (isinstance(rank, int) and rank <= n):
-                    kept[key] = value
-            if len(kept) != len(entry):
-                entries[i] = kept
+        if not isinstance(entry, dict) or len(entry) <= 1:
+            continue
+        items = iter(entry.items())
+        first_key, first = next(items)
+        kept = {first_key: first}
+        others = []
+        for key, value in items:
+            others.append(value)
+            rank = value.get("rank") if isinstance(value, dict) else None
+            if isinstance(rank, int) and rank <= n:
+                kept[key] = value
+        rank = first.get("rank") if isinstance(first, dict) else None
+        mine = first.get("logprob") if isinstance(first, dict) else None
+        if isinstance(rank, int) and n < rank <= len(others) + 1 and _number(mine):
+            at_least = sum(
+                1
+                for value in others
+                if isinstance(value, dict) and _number(lp := value.get("logprob")) and lp >= mine
+            )
+            if at_least + 1 != rank:
+                kept[first_key] = {**first, "rank": at_least + 1}
+        entries[i] = kept
 
 
 def withhold_chat(choice: dict[str, Any], message: str) -> None:
