@@ -17,6 +17,8 @@ from typing import Any
 __all__ = [
     "choice_id",
     "choice_index",
+    "echoed_count",
+    "echoed_in_first_chunk",
     "echoed_prompts",
     "generated_completion",
     "generated_text",
@@ -36,9 +38,10 @@ def choice_index(choice: dict[str, Any], position: int) -> int:
     return position
 
 
-def echoed_prompts(body: dict[str, Any], legacy: bool) -> tuple[str | None, ...] | None:
-    """What vLLM echoes in front of each prompt's answers (None: no echo; an item None: unknown
-    text, e.g. a token-id prompt). `body` is the request as sent upstream.
+def echoed_prompts(body: dict[str, Any], legacy: bool) -> tuple[str | int | None, ...] | None:
+    """What vLLM echoes in front of each prompt's answers (None: no echo), per prompt: its text,
+    or for a token-id prompt its number of tokens, or None (unknown). `body` is the request as
+    sent upstream.
 
     Completions echo the prompt. Chat echoes the last message's text when vLLM continues it:
     the last message is the assistant's, or `add_generation_prompt` is false.
@@ -52,7 +55,9 @@ def echoed_prompts(body: dict[str, Any], legacy: bool) -> tuple[str | None, ...]
         if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
             return tuple(prompt)
         if isinstance(prompt, list) and prompt and all(isinstance(p, list) for p in prompt):
-            return (None,) * len(prompt)
+            return tuple(len(p) for p in prompt)
+        if isinstance(prompt, list) and prompt:
+            return (len(prompt),)
         return (None,)
     messages = body.get("messages")
     last = messages[-1] if isinstance(messages, list) and messages else None
@@ -67,17 +72,46 @@ def echoed_prompts(body: dict[str, Any], legacy: bool) -> tuple[str | None, ...]
     return (content if isinstance(content, str) else None,)
 
 
-def generated_text(text: Any, echoed: str | None) -> str | None:
+def echoed_count(echoed: str | int | None) -> int | None:
+    """The number of echoed prompt tokens when the prompt was token ids (else unknown)."""
+    return echoed if isinstance(echoed, int) and not isinstance(echoed, bool) else None
+
+
+def echoed_in_first_chunk(echoed: str | int | None, text: Any, tokens: Any) -> int | None:
+    """How many of the tokens of a choice's first streamed chunk are the echoed prompt.
+
+    That chunk holds the prompt and the first answer tokens (usually one). A token-id prompt
+    gives the count; for a text prompt, the answer's part of the chunk text (after the prompt)
+    is matched by tokens from the end. None: no logprobs to split.
+    """
+    count = echoed_count(echoed)
+    if count is not None:
+        return count
+    if not isinstance(tokens, list) or not tokens:
+        return None
+    answered = 1
+    if isinstance(echoed, str) and isinstance(text, str) and text.startswith(echoed):
+        answer = len(text) - len(echoed)
+        answered, length = 0, 0
+        while answered < len(tokens) and length < answer:
+            token = tokens[-1 - answered]
+            length += len(token) if isinstance(token, str) else 0
+            answered += 1
+        answered = max(answered, 1)
+    return max(len(tokens) - answered, 0)
+
+
+def generated_text(text: Any, echoed: str | int | None) -> str | None:
     """The choice's text without the echoed prompt."""
     if not isinstance(text, str):
         return None
-    if echoed and text.startswith(echoed):
+    if isinstance(echoed, str) and echoed and text.startswith(echoed):
         return text[len(echoed) :]
     return text
 
 
 def generated_completion(
-    logprobs: Any, text: Any, n_prompt: int | None, echoed: str | None
+    logprobs: Any, text: Any, n_prompt: int | None, echoed: str | int | None
 ) -> tuple[Any, str | None]:
     """(logprobs, text) of a `/v1/completions` choice without its first `n_prompt` (echoed)
     tokens. `n_prompt` None: no echo, or the number is unknown (everything is scored)."""
@@ -91,7 +125,7 @@ def generated_completion(
             for key, value in logprobs.items()
         }
     out = generated_text(text, echoed)
-    if out is not None and echoed is None and isinstance(tokens, list):
+    if out is not None and not isinstance(echoed, str) and isinstance(tokens, list):
         # The prompt's text is unknown (token ids): the answer is its tokens' text.
         out = "".join(t for t in tokens[n_prompt:] if isinstance(t, str))
     return logprobs, out

@@ -123,8 +123,9 @@ def trim_completion_choice(choice: dict[str, Any], wish: LogprobWish) -> None:
     prompt) token and the top-n by rank: n entries when that token is among the top-n, else
     n + 1. The gateway's dict for K >= n is that token first, then the top-K in rank order, so
     the answer for n is the first entry plus the next n - 1 or n entries, depending on whether
-    the token ranks within the top-n — read from the logprobs (a tie counts as within, the
-    order greedy sampling and vLLM's top-k give). With `echo` and the client's own
+    the token ranks within the top-n: for an echoed prompt token its rank is in the choice's
+    `prompt_logprobs`; a sampled token's is read off the logprobs (a tie counts as more likely,
+    as vLLM's own rank does). With `echo` and the client's own
     `prompt_logprobs`, the prompt positions hold vLLM's dicts for that value, cut to the first
     n + 1 entries (vLLM's own cut), and the choice's `prompt_logprobs` are the client's.
     """
@@ -171,7 +172,9 @@ def _top_n(top: dict[str, Any], n: int, rank: int | None) -> dict[str, Any]:
         mine = first[1]
         if not isinstance(mine, int | float):
             return dict([first, *rest])
-        above = sum(1 for _, value in rest if isinstance(value, int | float) and value > mine)
+        # As vLLM ranks: a tie counts as more likely (greedy sampling and top-k break ties
+        # differently, so a tied sampled token is not in the top-k's own list).
+        above = sum(1 for _, value in rest if isinstance(value, int | float) and value >= mine)
         within = above < n
     return dict([first, *(rest[: n - 1] if within else rest)])
 

@@ -11,10 +11,8 @@ else on one extra chunk (same `id`/`object`/`created`/`model`, empty `choices`).
 Streaming can only *annotate*: by the time we know the confidence, the answer has been sent, so a
 `replace` policy degrades to `annotate` (the final chunk reports `abstained`, nothing is withheld).
 
-`/v1/completions` with `echo` streams the prompt's tokens in front of the first answer tokens,
-and nothing in the stream tells how many there are unless vLLM reports usage per chunk. The
-gateway asks for it (`stream_options.continuous_usage_stats`) and removes from the chunks what
-the client did not ask for itself.
+`/v1/completions` with `echo` streams the prompt's tokens in front of the first answer tokens
+of each choice; how many is read off that first chunk (`service.choices.echoed_in_first_chunk`).
 
 If the upstream connection breaks mid-stream (timeout, reset, truncated body), the client gets
 one OpenAI-shaped error event (`data: {"error": {...}}`, which the OpenAI SDK raises as an
@@ -32,7 +30,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from service.calibration_request import CalibrationPlan
-from service.choices import choice_id, choice_index, generated_completion
+from service.choices import (
+    choice_id,
+    choice_index,
+    echoed_in_first_chunk,
+    generated_completion,
+)
 from service.confidence import Outcome, calibrate_choice
 from service.errors import APIError
 from service.request_body import LogprobWish
@@ -64,7 +67,7 @@ class _Choice:
     tops: list[Any] = field(default_factory=list)
     text: list[str] = field(default_factory=list)
     saw_logprobs: bool = False
-    prompt_tokens: int | None = None  # echoed prompt tokens in front (from per-chunk usage)
+    prompt_tokens: int | None = None  # echoed prompt tokens in front
     outcome: Outcome | None = None
 
     def logprobs(self, legacy: bool) -> Any:
@@ -94,26 +97,29 @@ class StreamContext:
     # Records the predictions and metrics.
     on_done: Callable[[list[tuple[str, Outcome]] | None, float, APIError | None], None]
     n: int = 1  # choices per prompt
-    echoed: tuple[str | None, ...] | None = None  # what vLLM echoes per prompt (None: no echo)
-    forced_usage: bool = False  # the gateway asked for usage (echo): strip what the client
-    client_usage: bool = False  # did not ask for: the usage chunk,
-    client_continuous_usage: bool = False  # usage on every chunk
+    echoed: tuple[str | int | None, ...] | None = None  # what vLLM echoes (service.choices)
     _choices: dict[int, _Choice] = field(default_factory=dict)
 
-    def absorb(self, index: int, choice: dict[str, Any], usage: Any) -> _Choice:
+    def _echoed(self, index: int) -> str | int | None:
+        if self.echoed is None:
+            return None
+        prompt = index // self.n if self.legacy else 0
+        return self.echoed[prompt] if prompt < len(self.echoed) else None
+
+    def absorb(self, index: int, choice: dict[str, Any]) -> _Choice:
         """Accumulate one choice's text and logprobs from one chunk."""
-        acc = self._choices.get(index)
-        if acc is None:
-            acc = self._choices[index] = _Choice()
-            if self.echoed is not None and isinstance(usage, dict):
-                prompt_tokens = usage.get("prompt_tokens")
-                if isinstance(prompt_tokens, int) and not isinstance(prompt_tokens, bool):
-                    acc.prompt_tokens = prompt_tokens
         if self.legacy:
             text = choice.get("text")
         else:
             delta = choice.get("delta")
             text = delta.get("content") if isinstance(delta, dict) else None
+        acc = self._choices.get(index)
+        if acc is None:
+            acc = self._choices[index] = _Choice()
+            if self.legacy and self.echoed is not None:
+                logprobs = choice.get("logprobs")
+                tokens = logprobs.get("tokens") if isinstance(logprobs, dict) else None
+                acc.prompt_tokens = echoed_in_first_chunk(self._echoed(index), text, tokens)
         if isinstance(text, str):
             acc.text.append(text)
         logprobs = choice.get("logprobs")
@@ -134,15 +140,11 @@ class StreamContext:
     def calibrate(self, index: int, acc: _Choice) -> Outcome:
         """Score one finished choice (once)."""
         if acc.outcome is None:
-            echoed = None
-            if self.echoed is not None:
-                prompt = index // self.n if self.legacy else 0
-                echoed = self.echoed[prompt] if prompt < len(self.echoed) else None
             logprobs, text = generated_completion(
                 acc.logprobs(self.legacy),
                 "".join(acc.text),
                 acc.prompt_tokens if self.legacy else None,
-                echoed,
+                self._echoed(index),
             )
             plan = self.plan
             if plan.abstain == "replace":
@@ -214,20 +216,16 @@ async def relay(
             if ctx.rename:
                 chunk["model"] = ctx.model
             if _is_usage_chunk(chunk):
-                if ctx.client_usage or not ctx.forced_usage:
-                    usage_chunk = chunk  # the last before [DONE]: the calibration rides on it
+                usage_chunk = chunk  # the last before [DONE]: the calibration rides on it
                 continue
-            usage = chunk.get("usage")
             for position, choice in enumerate(chunk.get("choices") or ()):
                 if isinstance(choice, dict):
                     index = choice_index(choice, position)
-                    acc = ctx.absorb(index, choice, usage)
+                    acc = ctx.absorb(index, choice)
                     trim(choice, ctx.wish)
                     if choice.get("finish_reason") is not None:
                         outcome = ctx.calibrate(index, acc)
                         choice["calibration"] = outcome.public(choice_id(meta["id"], index))
-            if usage is not None and ctx.forced_usage and not ctx.client_continuous_usage:
-                del chunk["usage"]  # asked for by the gateway only
             yield b"data: " + _dumps(chunk) + b"\n\n"
     except UpstreamTransportError as exc:
         error = upstream_error_from(exc)

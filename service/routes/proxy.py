@@ -36,6 +36,7 @@ from service.calibration_request import CalibrationPlan, parse_calibration, reso
 from service.choices import (
     choice_id,
     choice_index,
+    echoed_count,
     echoed_prompts,
     generated_completion,
     generated_text,
@@ -167,10 +168,7 @@ class _Prepared:
     prompt_hash: str
     request_content: Any
     n: int = 1  # choices per prompt
-    echoed: tuple[str | None, ...] | None = None  # what vLLM echoes per prompt (None: no echo)
-    forced_usage: bool = False  # streamed usage asked for by the gateway (see streaming)
-    client_usage: bool = False
-    client_continuous_usage: bool = False
+    echoed: tuple[str | int | None, ...] | None = None  # what vLLM echoes (service.choices)
 
 
 def _check_and_rewrite(
@@ -218,7 +216,6 @@ async def _prepare(request: Request, legacy: bool) -> _Prepared:
         body["messages"] = inject_system_prompt(shown, system_prompt, config.system_prompt_policy)
     body["model"] = config.served_name or model
     echoed = echoed_prompts(body, legacy)
-    forced, client_usage, client_continuous = _stream_usage(body, legacy, echoed)
 
     return _Prepared(
         legacy=legacy,
@@ -235,28 +232,7 @@ async def _prepare(request: Request, legacy: bool) -> _Prepared:
         ),
         n=body.get("n") or 1,
         echoed=echoed,
-        forced_usage=forced,
-        client_usage=client_usage,
-        client_continuous_usage=client_continuous,
     )
-
-
-def _stream_usage(
-    body: dict[str, Any], legacy: bool, echoed: tuple[str | None, ...] | None
-) -> tuple[bool, bool, bool]:
-    """(the gateway asks for usage, the client asked for the usage chunk, ... for usage on
-    every chunk). A streamed `/v1/completions` with `echo` needs per-chunk usage to tell the
-    echoed prompt tokens from the answer's (service.streaming)."""
-    options = body.get("stream_options")
-    client = options if isinstance(options, dict) else {}
-    usage = client.get("include_usage") is True
-    continuous = usage and client.get("continuous_usage_stats") is True
-    if not (legacy and echoed is not None and body.get("stream") is True):
-        return False, usage, continuous
-    if options is not None and not isinstance(options, dict):
-        return False, usage, continuous  # the engine's to reject
-    body["stream_options"] = {**client, "include_usage": True, "continuous_usage_stats": True}
-    return True, usage, continuous
 
 
 def _show_idk(prompt: Any, plan: CalibrationPlan, legacy: bool) -> Any:
@@ -381,9 +357,6 @@ def _stream(
         on_done=on_done,
         n=prep.n,
         echoed=prep.echoed,
-        forced_usage=prep.forced_usage,
-        client_usage=prep.client_usage,
-        client_continuous_usage=prep.client_continuous_usage,
     )
     return StreamingResponse(
         relay(upstream_response, ctx, upstream_s),
@@ -444,7 +417,9 @@ def _finish_choice(
         echoed = prep.echoed[prompt] if prompt < len(prep.echoed) else None
     if legacy:
         entries = choice.get("prompt_logprobs")
-        n_prompt = len(entries) if prep.echoed is not None and isinstance(entries, list) else None
+        n_prompt = None
+        if prep.echoed is not None:  # one prompt_logprobs entry per prompt token
+            n_prompt = len(entries) if isinstance(entries, list) else echoed_count(echoed)
         logprobs, text = generated_completion(
             choice.get("logprobs"), choice.get("text"), n_prompt, echoed
         )
