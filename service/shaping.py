@@ -29,7 +29,13 @@ __all__ = [
 
 
 def inject_chat_logprobs(body: dict[str, Any], wish: LogprobWish, k: int) -> None:
-    """`logprobs=true`, `top_logprobs=max(client's, k)`. k=0 for sequence mode (token only)."""
+    """`logprobs=true`, `top_logprobs=max(client's, k)`. k=0 for sequence mode (token only).
+
+    `top_logprobs` without `logprobs` is left as sent: the engine rejects it, and the client
+    gets the engine's own error rather than an answer the engine would not have given.
+    """
+    if not wish.enabled and body.get("top_logprobs") not in (None, 0):
+        return
     body["logprobs"] = True
     body["top_logprobs"] = max(wish.top, k)
 

@@ -96,6 +96,11 @@ def _shapes(model: str, ids: list[int]) -> list[Shape]:
         Shape("chat stream n=2 seeded", "/chat/completions", chat(stream=True, n=2, **seeded)),
         Shape("chat error: unknown model", "/chat/completions", chat(model="no-such-model")),
         Shape("chat error: negative max_tokens", "/chat/completions", chat(max_tokens=-1)),
+        Shape(
+            "chat error: top_logprobs without logprobs",
+            "/chat/completions",
+            chat(top_logprobs=3),
+        ),
         Shape("completions plain", "/completions", cmpl()),
         Shape("completions logprobs 1", "/completions", cmpl(logprobs=1)),
         Shape("completions logprobs 0", "/completions", cmpl(logprobs=0, max_tokens=1)),
