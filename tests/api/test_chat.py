@@ -295,11 +295,13 @@ def test_upstream_body_without_choices_is_not_a_crash(client, double):
     assert r.json()["calibration"]["reason"] == "upstream_returned_no_choices"
 
 
-def test_n_greater_than_one_calibrates_choice_zero(client, double):
+def test_n_greater_than_one_top_level_is_choice_zeros(client, double):
     double.reply = JSONReply(chat_response(MCQ_STEPS, n=3))
     body = chat(client, n=3).json()
     assert len(body["choices"]) == 3
     assert body["calibration"]["answer"] == "B"
+    assert body["calibration"] == body["choices"][0]["calibration"]
+    assert [c["calibration"]["answer"] for c in body["choices"]] == ["B", "B", "B"]
 
 
 def test_served_name_alias_is_sent_upstream_and_restored(client, double):
