@@ -57,10 +57,26 @@ class LogprobWish:
     """What the client itself asked for, so the response can be trimmed back to it.
 
     `enabled`: the client wants logprobs at all; `top`: how many alternatives per token.
+    The rest decides how vLLM itself would have shaped prompt logprobs and top lists (the gateway
+    raises `logprobs`/`top_logprobs`, which with `echo` also raises vLLM's prompt logprobs):
+    `echo` (vLLM echoes the prompt), `prompt_logprobs` (the client's own value, None = unset),
+    `listed` (the client named `logprob_token_ids`: vLLM returns exactly those, nothing to trim).
     """
 
     enabled: bool
     top: int
+    echo: bool = False
+    prompt_logprobs: int | None = None
+    listed: bool = False
+
+
+def _vllm_extras(body: dict[str, Any]) -> tuple[bool, int | None, bool]:
+    """vLLM's own fields that change the logprobs it returns; malformed ones are the engine's
+    to reject (they only matter here when they are well-formed)."""
+    prompt_logprobs = body.get("prompt_logprobs")
+    if isinstance(prompt_logprobs, bool) or not isinstance(prompt_logprobs, int):
+        prompt_logprobs = None
+    return body.get("echo") is True, prompt_logprobs, bool(body.get("logprob_token_ids"))
 
 
 def _int_in(body: dict[str, Any], key: str, lo: int, hi: int | None) -> int | None:
@@ -120,7 +136,7 @@ def check_chat(body: dict[str, Any]) -> tuple[str, LogprobWish]:
         raise _bad("`logprobs` must be a boolean.", "logprobs")
     top = _int_in(body, "top_logprobs", 0, MAX_TOP_LOGPROBS)
     enabled = bool(logprobs)
-    return model, LogprobWish(enabled, (top or 0) if enabled else 0)
+    return model, LogprobWish(enabled, (top or 0) if enabled else 0, *_vllm_extras(body))
 
 
 def check_completions(body: dict[str, Any]) -> tuple[str, LogprobWish]:
@@ -144,4 +160,4 @@ def check_completions(body: dict[str, Any]) -> tuple[str, LogprobWish]:
     echo = body.get("echo")
     if echo is not None and not isinstance(echo, bool):
         raise _bad("`echo` must be a boolean.", "echo")
-    return model, LogprobWish(logprobs is not None, logprobs or 0)
+    return model, LogprobWish(logprobs is not None, logprobs or 0, *_vllm_extras(body))

@@ -7,6 +7,7 @@ to what the client asked for, and withhold an answer the `replace` policy abstai
 
 from __future__ import annotations
 
+from itertools import islice
 from typing import Any
 
 from service.request_body import LogprobWish
@@ -16,6 +17,7 @@ __all__ = [
     "inject_completion_logprobs",
     "inject_system_prompt",
     "prefix_prompt",
+    "trim_chat_body",
     "trim_chat_choice",
     "trim_completion_choice",
     "withhold_chat",
@@ -27,7 +29,13 @@ __all__ = [
 
 
 def inject_chat_logprobs(body: dict[str, Any], wish: LogprobWish, k: int) -> None:
-    """`logprobs=true`, `top_logprobs=max(client's, k)`. k=0 for sequence mode (token only)."""
+    """`logprobs=true`, `top_logprobs=max(client's, k)`. k=0 for sequence mode (token only).
+
+    `top_logprobs` without `logprobs` is left as sent: the engine rejects it, and the client
+    gets the engine's own error rather than an answer the engine would not have given.
+    """
+    if not wish.enabled and body.get("top_logprobs") not in (None, 0):
+        return
     body["logprobs"] = True
     body["top_logprobs"] = max(wish.top, k)
 
@@ -86,62 +94,156 @@ def prefix_prompt(prompt: Any, system_prompt: str | None, policy: str) -> Any:
 
 
 def trim_chat_choice(choice: dict[str, Any], wish: LogprobWish) -> None:
-    """Give the client back only the logprobs it asked for (in place; chunks or messages)."""
+    """Give the client back only the logprobs it asked for (in place; chunks or messages).
+
+    vLLM lists, per token, the sampled token first and then the top-K by rank (the sampled one
+    not twice), and keeps the first `top_logprobs` entries of that list. The list for K is the
+    list for the client's n extended, so its first n entries are exactly vLLM's answer for n.
+    """
     logprobs = choice.get("logprobs")
     if logprobs is None:
         return
     if not wish.enabled:
         choice["logprobs"] = None
         return
+    if wish.listed:
+        return
+    n = wish.top
     for entry in logprobs.get("content") or ():
         top = entry.get("top_logprobs")
-        if top and len(top) > wish.top:
-            if wish.top == 0:
-                entry["top_logprobs"] = []
-            else:
-                top.sort(key=lambda d: d.get("logprob", float("-inf")), reverse=True)
-                del top[wish.top :]
+        if top and len(top) > n:
+            del top[n:]
+
+
+def trim_chat_body(body: dict[str, Any], wish: LogprobWish) -> None:
+    """The response-level `prompt_logprobs` of a chat body: with `echo`, vLLM computes them at
+    the request's `top_logprobs`, which the gateway raised; cut back by rank."""
+    if wish.echo and wish.prompt_logprobs is None:
+        _trim_ranked(body.get("prompt_logprobs"), wish.top)
 
 
 def trim_completion_choice(choice: dict[str, Any], wish: LogprobWish) -> None:
-    """Legacy completions: `logprobs: null` unless asked; top dicts cut to the asked size."""
-    logprobs = choice.get("logprobs")
-    if logprobs is None:
-        return
-    if not wish.enabled:
-        choice["logprobs"] = None
-        return
-    tops = logprobs.get("top_logprobs")
-    if not tops:
-        return
-    keep = max(wish.top, 1)  # OpenAI's logprobs=0 still lists the sampled token
-    tokens = logprobs.get("tokens") or []
-    for i, top in enumerate(tops):
-        if isinstance(top, dict) and len(top) > keep:
-            if wish.top == 0 and i < len(tokens) and tokens[i] in top:
-                tops[i] = {tokens[i]: top[tokens[i]]}
-            else:
-                best = sorted(top.items(), key=lambda kv: kv[1], reverse=True)[:keep]
-                tops[i] = dict(best)
+    """Legacy completions: `logprobs: null` unless asked; each top dict cut back to vLLM's own.
 
-
-def withhold_chat(body: dict[str, Any], message: str) -> None:
-    """`replace` policy: every choice's answer becomes the IDK message; no logprobs survive.
-
-    All choices are replaced, not only the calibrated choice 0: with n>1 the others would
-    otherwise leak the withheld answer.
+    For the client's `logprobs=n` vLLM returns, per position, the sampled (or, with `echo`, the
+    prompt) token and the top-n by rank: n entries when that token is among the top-n, else
+    n + 1. The gateway's dict for K >= n is that token first, then the top-K in rank order, so
+    the answer for n is the first entry plus the next n - 1 or n entries, depending on whether
+    the token ranks within the top-n: for an echoed prompt token its rank is in the choice's
+    `prompt_logprobs`; a sampled token's is read off the logprobs (a tie counts as more likely,
+    as vLLM's own rank does). With `echo` and the client's own
+    `prompt_logprobs`, the prompt positions hold vLLM's dicts for that value, cut to the first
+    n + 1 entries (vLLM's own cut), and the choice's `prompt_logprobs` are the client's.
     """
-    for choice in body.get("choices") or ():
-        if not isinstance(choice, dict):
-            continue
-        old = choice.get("message") if isinstance(choice.get("message"), dict) else {}
-        choice["message"] = {"role": old.get("role", "assistant"), "content": message}
+    entries = choice.get("prompt_logprobs")
+    prompt_entries = entries if wish.echo and isinstance(entries, list) else ()
+    logprobs = choice.get("logprobs")
+    if logprobs is not None and not wish.enabled:
         choice["logprobs"] = None
+    elif logprobs is not None and not wish.listed:
+        _trim_completion_tops(logprobs.get("top_logprobs"), prompt_entries, wish)
+    if entries is not None and wish.prompt_logprobs is None:
+        if wish.echo and wish.enabled:
+            _trim_ranked(entries, wish.top)
+        else:  # only there because the gateway asked for logprobs with `echo`
+            choice["prompt_logprobs"] = None
 
 
-def withhold_completion(body: dict[str, Any], message: str) -> None:
-    """`replace` policy for legacy completions."""
-    for choice in body.get("choices") or ():
-        if isinstance(choice, dict):
-            choice["text"] = message
-            choice["logprobs"] = None
+def _trim_completion_tops(tops: Any, prompt_entries: Any, wish: LogprobWish) -> None:
+    if not isinstance(tops, list):
+        return
+    n, n_prompt = wish.top, len(prompt_entries)
+    for i, top in enumerate(tops):
+        if not isinstance(top, dict) or len(top) <= n:
+            continue
+        if i >= n_prompt:
+            tops[i] = _top_n(top, n, None)
+        elif wish.prompt_logprobs is None:
+            tops[i] = _top_n(top, n, _first_rank(prompt_entries[i]))
+        elif len(top) > n + 1:  # the client's own prompt_logprobs: vLLM's plain cut
+            tops[i] = dict(islice(top.items(), n + 1))
+
+
+def _top_n(top: dict[str, Any], n: int, rank: int | None) -> dict[str, Any]:
+    """vLLM's dict for `logprobs=n` from its dict for a larger K (see trim_completion_choice).
+
+    `rank`: the first token's rank when known (echoed prompt tokens); else read off the logprobs.
+    """
+    items = iter(top.items())
+    first = next(items)
+    rest = list(islice(items, n))
+    if rank is not None:
+        within = rank <= n
+    else:
+        mine = first[1]
+        if not isinstance(mine, int | float):
+            return dict([first, *rest])
+        # As vLLM ranks: a tie counts as more likely (greedy sampling and top-k break ties
+        # differently, so a tied sampled token is not in the top-k's own list).
+        above = sum(1 for _, value in rest if isinstance(value, int | float) and value >= mine)
+        within = above < n
+    return dict([first, *(rest[: n - 1] if within else rest)])
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _first_rank(entry: Any) -> int | None:
+    """The prompt token's rank in one vLLM `prompt_logprobs` entry (its first item)."""
+    if not isinstance(entry, dict) or not entry:
+        return None
+    value = next(iter(entry.values()))
+    rank = value.get("rank") if isinstance(value, dict) else None
+    return rank if isinstance(rank, int) and not isinstance(rank, bool) else None
+
+
+def _trim_ranked(entries: Any, n: int) -> None:
+    """vLLM `prompt_logprobs` entries (`{token_id: {logprob, rank, decoded_token}}`): keep the
+    prompt token (first) and the alternatives ranked within the top-n (in place).
+
+    vLLM reports the prompt token's rank as its place in the top-k when it is there, else as
+    the number of tokens at least as likely. A token inside the gateway's top-K but outside the
+    client's top-n gets the latter, counted from the top-K (which holds every more likely one).
+    """
+    if not isinstance(entries, list):
+        return
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or len(entry) <= 1:
+            continue
+        items = iter(entry.items())
+        first_key, first = next(items)
+        kept = {first_key: first}
+        others = []
+        for key, value in items:
+            others.append(value)
+            rank = value.get("rank") if isinstance(value, dict) else None
+            if isinstance(rank, int) and rank <= n:
+                kept[key] = value
+        rank = first.get("rank") if isinstance(first, dict) else None
+        mine = first.get("logprob") if isinstance(first, dict) else None
+        if isinstance(rank, int) and n < rank <= len(others) + 1 and _number(mine):
+            at_least = sum(
+                1
+                for value in others
+                if isinstance(value, dict) and _number(lp := value.get("logprob")) and lp >= mine
+            )
+            if at_least + 1 != rank:
+                kept[first_key] = {**first, "rank": at_least + 1}
+        entries[i] = kept
+
+
+def withhold_chat(choice: dict[str, Any], message: str) -> None:
+    """`replace` policy: the abstaining choice's answer becomes the IDK message; its logprobs go.
+
+    Per choice: with `n > 1` each choice is calibrated and withheld on its own.
+    """
+    old = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    choice["message"] = {"role": old.get("role", "assistant"), "content": message}
+    choice["logprobs"] = None
+
+
+def withhold_completion(choice: dict[str, Any], message: str) -> None:
+    """`replace` policy for a legacy completion choice."""
+    choice["text"] = message
+    choice["logprobs"] = None

@@ -1,12 +1,18 @@
 """Server-sent events through the gateway (`stream: true`).
 
 Every upstream event is forwarded as soon as it arrives — nothing waits for the whole answer —
-while choice 0's logprobs and text accumulate on the side. When the upstream says `[DONE]`, one
-extra chunk carrying `calibration` (same `id`/`object`/`created`/`model`, empty `choices`) is sent
-just before our own `data: [DONE]`.
+while each choice's logprobs and text accumulate on the side (by `index`: `n > 1` and lists of
+prompts stream their choices interleaved). The chunk that finishes a choice (`finish_reason`
+set) carries that choice's `calibration` in the choice object. The response's `calibration`
+(choice 0's) rides on the last chunk before `data: [DONE]`: on the usage chunk when the client
+asked for one (`stream_options.include_usage`: OpenAI puts usage last, and it stays last),
+else on one extra chunk (same `id`/`object`/`created`/`model`, empty `choices`).
 
 Streaming can only *annotate*: by the time we know the confidence, the answer has been sent, so a
 `replace` policy degrades to `annotate` (the final chunk reports `abstained`, nothing is withheld).
+
+`/v1/completions` with `echo` streams the prompt's tokens in front of the first answer tokens
+of each choice; how many is read off that first chunk (`service.choices.echoed_in_first_chunk`).
 
 If the upstream connection breaks mid-stream (timeout, reset, truncated body), the client gets
 one OpenAI-shaped error event (`data: {"error": {...}}`, which the OpenAI SDK raises as an
@@ -24,6 +30,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from service.calibration_request import CalibrationPlan
+from service.choices import (
+    choice_id,
+    choice_index,
+    echoed_in_first_chunk,
+    generated_completion,
+)
 from service.confidence import Outcome, calibrate_choice
 from service.errors import APIError
 from service.request_body import LogprobWish
@@ -46,6 +58,31 @@ def _dumps(obj: Any) -> bytes:
 
 
 @dataclass(slots=True)
+class _Choice:
+    """One choice's text and logprobs, accumulated over its chunks."""
+
+    content: list[Any] = field(default_factory=list)
+    tokens: list[Any] = field(default_factory=list)
+    token_lps: list[Any] = field(default_factory=list)
+    tops: list[Any] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
+    saw_logprobs: bool = False
+    prompt_tokens: int | None = None  # echoed prompt tokens in front
+    outcome: Outcome | None = None
+
+    def logprobs(self, legacy: bool) -> Any:
+        if not self.saw_logprobs:
+            return None
+        if legacy:
+            return {
+                "tokens": self.tokens,
+                "token_logprobs": self.token_lps,
+                "top_logprobs": self.tops,
+            }
+        return {"content": self.content}
+
+
+@dataclass(slots=True)
 class StreamContext:
     """What the relay needs to know about the request it serves."""
 
@@ -55,64 +92,92 @@ class StreamContext:
     profile: Any
     model: str  # the name the client used
     rename: bool  # the upstream knows the model under another name
-    # Called once at the end: (response id, outcome or None if the stream broke, seconds spent
-    # waiting on the upstream, the upstream error if any). Records the prediction and metrics.
-    on_done: Callable[[str, Outcome | None, float, APIError | None], None]
-    _content: list[Any] = field(default_factory=list)
-    _tokens: list[Any] = field(default_factory=list)
-    _token_lps: list[Any] = field(default_factory=list)
-    _tops: list[Any] = field(default_factory=list)
-    _text: list[str] = field(default_factory=list)
-    _saw_logprobs: bool = False
+    # Called once at the end: ([(calibration id, outcome) per choice, choice 0 first] or None if
+    # the stream broke, seconds spent waiting on the upstream, the upstream error if any).
+    # Records the predictions and metrics.
+    on_done: Callable[[list[tuple[str, Outcome]] | None, float, APIError | None], None]
+    n: int = 1  # choices per prompt
+    echoed: tuple[str | int | None, ...] | None = None  # what vLLM echoes (service.choices)
+    _choices: dict[int, _Choice] = field(default_factory=dict)
 
-    def absorb(self, choice: dict[str, Any]) -> None:
-        """Accumulate choice 0's text and logprobs from one chunk."""
+    def _echoed(self, index: int) -> str | int | None:
+        if self.echoed is None:
+            return None
+        prompt = index // self.n if self.legacy else 0
+        return self.echoed[prompt] if prompt < len(self.echoed) else None
+
+    def absorb(self, index: int, choice: dict[str, Any]) -> _Choice:
+        """Accumulate one choice's text and logprobs from one chunk."""
         if self.legacy:
             text = choice.get("text")
         else:
             delta = choice.get("delta")
             text = delta.get("content") if isinstance(delta, dict) else None
+        acc = self._choices.get(index)
+        if acc is None:
+            acc = self._choices[index] = _Choice()
+            if self.legacy and self.echoed is not None:
+                logprobs = choice.get("logprobs")
+                tokens = logprobs.get("tokens") if isinstance(logprobs, dict) else None
+                acc.prompt_tokens = echoed_in_first_chunk(self._echoed(index), text, tokens)
         if isinstance(text, str):
-            self._text.append(text)
+            acc.text.append(text)
         logprobs = choice.get("logprobs")
         if not isinstance(logprobs, dict):
-            return
+            return acc
         if self.legacy:
-            self._saw_logprobs = True
-            self._tokens.extend(logprobs.get("tokens") or ())
-            self._token_lps.extend(logprobs.get("token_logprobs") or ())
-            self._tops.extend(logprobs.get("top_logprobs") or ())
+            acc.saw_logprobs = True
+            acc.tokens.extend(logprobs.get("tokens") or ())
+            acc.token_lps.extend(logprobs.get("token_logprobs") or ())
+            acc.tops.extend(logprobs.get("top_logprobs") or ())
         else:
             content = logprobs.get("content")
             if content:
-                self._saw_logprobs = True
-                self._content.extend(content)
+                acc.saw_logprobs = True
+                acc.content.extend(content)
+        return acc
 
-    def logprobs(self) -> Any:
-        if not self._saw_logprobs:
-            return None
-        if self.legacy:
-            return {
-                "tokens": self._tokens,
-                "token_logprobs": self._token_lps,
-                "top_logprobs": self._tops,
-            }
-        return {"content": self._content}
+    def calibrate(self, index: int, acc: _Choice) -> Outcome:
+        """Score one finished choice (once)."""
+        if acc.outcome is None:
+            logprobs, text = generated_completion(
+                acc.logprobs(self.legacy),
+                "".join(acc.text),
+                acc.prompt_tokens if self.legacy else None,
+                self._echoed(index),
+            )
+            plan = self.plan
+            if plan.abstain == "replace":
+                plan = replace(plan, abstain="annotate")
+            acc.outcome = calibrate_choice(logprobs, text, plan, self.profile, self.model)
+        return acc.outcome
 
-    def text(self) -> str:
-        return "".join(self._text)
+    def outcomes(self, response_id: str) -> list[tuple[str, Outcome]]:
+        """Every choice's (calibration id, outcome), choice 0 first (scored if it never came)."""
+        if 0 not in self._choices:
+            self._choices[0] = _Choice()
+        return [
+            (choice_id(response_id, index), self.calibrate(index, self._choices[index]))
+            for index in sorted(self._choices)
+        ]
+
+
+def _is_usage_chunk(chunk: dict[str, Any]) -> bool:
+    """vLLM's (and OpenAI's) final usage chunk: no choices, a usage object."""
+    return not chunk.get("choices") and isinstance(chunk.get("usage"), dict)
 
 
 async def relay(
     response: UpstreamResponse, ctx: StreamContext, upstream_s: float = 0.0
 ) -> AsyncIterator[bytes]:
-    """Forward the upstream SSE stream, then the calibration chunk and `[DONE]`.
+    """Forward the upstream SSE stream, then the calibration and `[DONE]`.
 
     `upstream_s` is the time already spent waiting for the upstream's response headers; the
     waits for each next line are added to it.
     """
     trim = trim_completion_choice if ctx.legacy else trim_chat_choice
     meta: dict[str, Any] | None = None
+    usage_chunk: dict[str, Any] | None = None  # held back to carry the calibration
     lines = response.aiter_lines()
     clock = time.perf_counter
     try:
@@ -148,19 +213,25 @@ async def relay(
                     "created": chunk.get("created") or int(time.time()),
                     "model": ctx.model,
                 }
-            for choice in chunk.get("choices") or ():
-                if isinstance(choice, dict):
-                    if choice.get("index", 0) == 0:
-                        ctx.absorb(choice)
-                    trim(choice, ctx.wish)
             if ctx.rename:
                 chunk["model"] = ctx.model
+            if _is_usage_chunk(chunk):
+                usage_chunk = chunk  # the last before [DONE]: the calibration rides on it
+                continue
+            for position, choice in enumerate(chunk.get("choices") or ()):
+                if isinstance(choice, dict):
+                    index = choice_index(choice, position)
+                    acc = ctx.absorb(index, choice)
+                    trim(choice, ctx.wish)
+                    if choice.get("finish_reason") is not None:
+                        outcome = ctx.calibrate(index, acc)
+                        choice["calibration"] = outcome.public(choice_id(meta["id"], index))
             yield b"data: " + _dumps(chunk) + b"\n\n"
     except UpstreamTransportError as exc:
         error = upstream_error_from(exc)
         error.code = "upstream_stream_dropped"
         logger.warning("upstream stream broke: %s", error.message)
-        ctx.on_done(meta["id"] if meta else "", None, upstream_s, error)
+        ctx.on_done(None, upstream_s, error)
         yield (
             b"data: "
             + _dumps(
@@ -186,10 +257,8 @@ async def relay(
             "created": int(time.time()),
             "model": ctx.model,
         }
-    plan = ctx.plan
-    if plan.abstain == "replace":
-        plan = replace(plan, abstain="annotate")
-    outcome = calibrate_choice(ctx.logprobs(), ctx.text(), plan, ctx.profile, ctx.model)
-    ctx.on_done(meta["id"], outcome, upstream_s, None)
-    final = {**meta, "choices": [], "calibration": outcome.public(meta["id"])}
+    outcomes = ctx.outcomes(meta["id"])
+    ctx.on_done(outcomes, upstream_s, None)
+    final = usage_chunk if usage_chunk is not None else {**meta, "choices": []}
+    final["calibration"] = outcomes[0][1].public(outcomes[0][0])
     yield b"data: " + _dumps(final) + b"\n\n" + _DONE

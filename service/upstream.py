@@ -6,7 +6,7 @@ failures become `APIError`s with the status a client should see:
 
 - connection refused / reset before a response, or a malformed response → 502
 - the upstream took longer than the configured timeout → 504
-- the upstream answered 4xx/5xx → the same status, with the upstream's own message
+- the upstream answered 4xx/5xx → the same status, with the upstream's own error body
 
 Every call names its `UpstreamTarget`: the base URL and the `Authorization` value for it
 (`Settings.upstream_key_for`). The client's own headers are never forwarded, its gateway API key
@@ -19,7 +19,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.errors import APIError
+from starlette.responses import JSONResponse
+
+from service.errors import APIError, error_type_for
 from service.settings import ModelConfig, Settings
 from service.upstream_http import UpstreamHTTP, UpstreamResponse, UpstreamTransportError
 
@@ -207,10 +209,12 @@ def _parse_reply(status: int, raw: bytes) -> UpstreamReply:
 
 
 def _status_error(status: int, raw: bytes) -> APIError:
-    """The upstream's own error, re-raised with its status and message in OpenAI's shape.
+    """The upstream's own error, passed on with its status.
 
-    vLLM answers either OpenAI's `{"error": {...}}` or its older flat
-    `{"object": "error", "message", "type", "param", "code"}`; both are understood.
+    vLLM answers OpenAI's `{"error": {...}}`, which the client gets as sent (the engine's `type`
+    and `code` included; a field it lacks is added as null); its older flat
+    `{"object": "error", "message", ...}`, FastAPI's `{"detail": ...}` or plain text become
+    OpenAI's shape with the upstream's message.
     """
     message = None
     param = None
@@ -218,10 +222,16 @@ def _status_error(status: int, raw: bytes) -> APIError:
         body = json.loads(raw)
     except ValueError:
         body = None
+    verbatim = None
     if isinstance(body, dict):
         inner = body.get("error") if isinstance(body.get("error"), dict) else body
         if isinstance(inner.get("message"), str):
             message = inner["message"]
+            if inner is not body:  # OpenAI's shape: as sent, any missing field added
+                error = {"message": message, "type": error_type_for(status), "param": None}
+                error["code"] = None
+                error.update(inner)
+                verbatim = {**body, "error": error}
         elif isinstance(body.get("detail"), str):  # plain FastAPI/Starlette errors
             message = body["detail"]
         if isinstance(inner.get("param"), str):
@@ -238,4 +248,20 @@ def _status_error(status: int, raw: bytes) -> APIError:
             "Check the gateway's upstream_api_key (docs/configuration.md).",
             code="upstream_error",
         )
-    return APIError(status, message, param=param, code="upstream_error")
+    return UpstreamStatusError(status, message, param=param, body=verbatim)
+
+
+class UpstreamStatusError(APIError):
+    """An upstream 4xx/5xx. `code` stays `upstream_error` inside the gateway (metrics tell the
+    caller's faults from upstream failures by it); the client gets the upstream's own body."""
+
+    def __init__(
+        self, status: int, message: str, *, param: str | None, body: dict[str, Any] | None
+    ) -> None:
+        super().__init__(status, message, param=param, code="upstream_error")
+        self.upstream_body = body
+
+    def response(self) -> JSONResponse:
+        if self.upstream_body is None:
+            return super().response()
+        return JSONResponse(self.upstream_body, status_code=self.status, headers=self.headers)

@@ -19,7 +19,8 @@ without `Authorization: Bearer KEY` is answered 401 `{"error": "Unauthorized"}` 
 reply) and counted in `double.unauthorized`.
 
 Builders (`chat_response`, `completion_response`, `chat_steps`, `legacy_steps`, `chat_stream`,
-`completion_stream`) produce bodies in vLLM's exact shapes.
+`completion_stream`, and `chat_choices`, `completion_choices`, `chat_choices_stream` for
+several choices that differ) produce bodies in vLLM's exact shapes.
 """
 
 from __future__ import annotations
@@ -48,9 +49,12 @@ __all__ = [
     "Stall",
     "StreamReply",
     "UpstreamDouble",
+    "chat_choices",
+    "chat_choices_stream",
     "chat_response",
     "chat_steps",
     "chat_stream",
+    "completion_choices",
     "completion_response",
     "completion_stream",
     "legacy_steps",
@@ -258,6 +262,77 @@ def completion_stream(steps: list[Step], *, model: str = "test-model") -> list[d
                         "finish_reason": "stop" if i == len(steps) - 1 else None,
                     }
                 ],
+            }
+        )
+    return events
+
+
+def chat_choices(per_choice: list[list[Step]], *, model: str = "test-model") -> dict[str, Any]:
+    """A chat completion with one choice per steps list (`n > 1` with different answers)."""
+    body = chat_response(per_choice[0], model=model, n=len(per_choice))
+    for choice, steps in zip(body["choices"], per_choice, strict=True):
+        choice["message"]["content"] = "".join(t for t, _, _ in steps)
+        choice["logprobs"] = chat_steps(steps)
+    body["usage"]["completion_tokens"] = sum(len(steps) for steps in per_choice)
+    return body
+
+
+def completion_choices(per_choice: list[list[Step]], *, model: str = "test-model") -> dict:
+    """A text completion with one choice per steps list (`n > 1` or a list of prompts)."""
+    body = completion_response(per_choice[0], model=model)
+    template = body["choices"][0]
+    body["choices"] = [
+        {
+            **json.loads(json.dumps(template)),
+            "index": i,
+            "text": "".join(t for t, _, _ in steps),
+            "logprobs": legacy_steps(steps),
+        }
+        for i, steps in enumerate(per_choice)
+    ]
+    return body
+
+
+def chat_choices_stream(
+    per_choice: list[list[Step]], *, model: str = "test-model", usage: bool = False
+) -> list[dict[str, Any]]:
+    """Chat chunks of several choices, interleaved token by token as vLLM streams `n > 1`;
+    each choice's last token chunk carries its `finish_reason`; `usage`: the final usage chunk
+    (`stream_options.include_usage`)."""
+    cid, created = _next_id("chatcmpl"), int(time.time())
+
+    def chunk(index: int, delta: dict[str, Any], lp: Any, finish: str | None) -> dict:
+        return {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish}],
+        }
+
+    events = [
+        chunk(i, {"role": "assistant", "content": ""}, None, None) for i in range(len(per_choice))
+    ]
+    for position in range(max(len(steps) for steps in per_choice)):
+        for i, steps in enumerate(per_choice):
+            if position < len(steps):
+                step = steps[position]
+                finish = "stop" if position == len(steps) - 1 else None
+                events.append(chunk(i, {"content": step[0]}, chat_steps([step]), finish))
+    if usage:
+        completion = sum(len(steps) for steps in per_choice)
+        events.append(
+            {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": 10,
+                    "total_tokens": 10 + completion,
+                    "completion_tokens": completion,
+                },
             }
         )
     return events

@@ -11,8 +11,9 @@ One request, start to end (DESIGN §1):
 5. score + calibrate + abstain (`confidence`), trim logprobs back to the client's wish, attach
    `calibration` and the `x-calibration-*` headers; record the prediction behind the response.
 
-With `n > 1` the top-level `calibration` describes choice 0 (the other choices are returned
-unscored); `replace` withholds every choice.
+Every choice is scored, calibrated and recorded on its own (`choices[i].calibration`, its own
+feedback id; `service.choices`); the top-level `calibration` is choice 0's, and `replace`
+withholds each abstaining choice.
 """
 
 from __future__ import annotations
@@ -32,6 +33,14 @@ from fastapi.responses import StreamingResponse
 from service import metrics
 from service.auth import Principal, authenticate
 from service.calibration_request import CalibrationPlan, parse_calibration, resolve_plan
+from service.choices import (
+    choice_id,
+    choice_index,
+    echoed_count,
+    echoed_prompts,
+    generated_completion,
+    generated_text,
+)
 from service.confidence import Outcome, calibrate_choice, no_choice_outcome
 from service.errors import APIError
 from service.idk_option import insert_in_messages, insert_in_prompt
@@ -50,6 +59,7 @@ from service.shaping import (
     inject_completion_logprobs,
     inject_system_prompt,
     prefix_prompt,
+    trim_chat_body,
     trim_chat_choice,
     trim_completion_choice,
     withhold_chat,
@@ -158,6 +168,8 @@ class _Prepared:
     content: bytes  # the upstream body, serialized once
     prompt_hash: str
     request_content: Any
+    n: int = 1  # choices per prompt
+    echoed: tuple[str | int | None, ...] | None = None  # what vLLM echoes (service.choices)
 
 
 def _check_and_rewrite(
@@ -204,6 +216,7 @@ async def _prepare(request: Request, legacy: bool) -> _Prepared:
         inject_chat_logprobs(body, wish, k)
         body["messages"] = inject_system_prompt(shown, system_prompt, config.system_prompt_policy)
     body["model"] = config.served_name or model
+    echoed = echoed_prompts(body, legacy)
 
     return _Prepared(
         legacy=legacy,
@@ -218,6 +231,8 @@ async def _prepare(request: Request, legacy: bool) -> _Prepared:
         request_content=(
             {"prompt" if legacy else "messages": prompt} if settings.store_request_content else None
         ),
+        n=body.get("n") or 1,
+        echoed=echoed,
     )
 
 
@@ -320,13 +335,15 @@ def _stream(
     started: float,
     upstream_s: float,
 ) -> StreamingResponse:
-    def on_done(cid: str, out: Outcome | None, waited: float, error: APIError | None) -> None:
+    def on_done(
+        outcomes: list[tuple[str, Outcome]] | None, waited: float, error: APIError | None
+    ) -> None:
         total = time.perf_counter() - started
         if error is not None:
             kind = error_kind(error)
             if kind is not None:
                 metrics.observe_upstream_error(prep.model, kind)
-        if out is not None:
+        for cid, out in outcomes or ():
             _submit(request, principal, prep, cid, out)
         # The status line (200) is long gone; the request counts as 200 either way.
         metrics.observe_request(prep.model, endpoint, 200, total, waited)
@@ -339,6 +356,8 @@ def _stream(
         model=prep.model,
         rename=prep.config.served_name not in (None, prep.model),
         on_done=on_done,
+        n=prep.n,
+        echoed=prep.echoed,
     )
     return StreamingResponse(
         relay(upstream_response, ctx, upstream_s),
@@ -350,7 +369,7 @@ def _stream(
 def _finish(
     request: Request, principal: Principal, prep: _Prepared, body: Any, legacy: bool
 ) -> Response:
-    """Calibrate a complete upstream body, shape it for the client, record the prediction."""
+    """Calibrate a complete upstream body, shape it for the client, record the predictions."""
     if not isinstance(body, dict):
         raise APIError(
             502,
@@ -363,37 +382,62 @@ def _finish(
         body["id"] = cid
 
     choices = body.get("choices")
-    first = choices[0] if isinstance(choices, list) and choices else None
-    if isinstance(first, dict):
-        if legacy:
-            text = first.get("text")
-        else:
-            message = first.get("message")
-            text = message.get("content") if isinstance(message, dict) else None
-        outcome = calibrate_choice(
-            first.get("logprobs"),
-            text if isinstance(text, str) else None,
-            prep.plan,
-            prep.profile,
-            prep.model,
-        )
-    else:
-        outcome = no_choice_outcome(prep.plan, prep.profile)
-
-    withheld = outcome.abstained and prep.plan.abstain == "replace"
-    if withheld:
-        (withhold_completion if legacy else withhold_chat)(body, prep.plan.idk_message)
-    else:
-        trim = trim_completion_choice if legacy else trim_chat_choice
-        for choice in choices if isinstance(choices, list) else ():
-            if isinstance(choice, dict):
-                trim(choice, prep.wish)
+    scored: list[tuple[str, Outcome, dict[str, Any]]] = []
+    for position, choice in enumerate(choices if isinstance(choices, list) else ()):
+        if isinstance(choice, dict):
+            scored.append(_finish_choice(cid, position, choice, prep, legacy))
+    if not legacy:
+        trim_chat_body(body, prep.wish)
     if prep.config.served_name not in (None, prep.model):
         body["model"] = prep.model
-    body["calibration"] = outcome.public(cid, withheld=withheld)
+    if scored:
+        scored.sort(key=lambda item: item[2]["id"] != cid)  # choice 0's first
+        outcome, public = scored[0][1], scored[0][2]
+    else:
+        outcome = no_choice_outcome(prep.plan, prep.profile)
+        public = outcome.public(cid)
+        scored.append((cid, outcome, public))
+    body["calibration"] = public
 
-    _submit(request, principal, prep, cid, outcome)
-    return Response(_dumps(body), media_type="application/json", headers=_headers(cid, outcome))
+    for choice_cid, choice_outcome, _ in scored:
+        _submit(request, principal, prep, choice_cid, choice_outcome)
+    return Response(
+        _dumps(body), media_type="application/json", headers=_headers(public["id"], outcome)
+    )
+
+
+def _finish_choice(
+    cid: str, position: int, choice: dict[str, Any], prep: _Prepared, legacy: bool
+) -> tuple[str, Outcome, dict[str, Any]]:
+    """Score one choice (only what the model generated), withhold or trim it, attach its
+    `calibration`."""
+    index = choice_index(choice, position)
+    echoed = None
+    if prep.echoed is not None:
+        prompt = index // prep.n if legacy else 0
+        echoed = prep.echoed[prompt] if prompt < len(prep.echoed) else None
+    if legacy:
+        entries = choice.get("prompt_logprobs")
+        n_prompt = None
+        if prep.echoed is not None:  # one prompt_logprobs entry per prompt token
+            n_prompt = len(entries) if isinstance(entries, list) else echoed_count(echoed)
+        logprobs, text = generated_completion(
+            choice.get("logprobs"), choice.get("text"), n_prompt, echoed
+        )
+    else:
+        message = choice.get("message")
+        content = message.get("content") if isinstance(message, dict) else None
+        logprobs, text = choice.get("logprobs"), generated_text(content, echoed)
+    outcome = calibrate_choice(logprobs, text, prep.plan, prep.profile, prep.model)
+
+    (trim_completion_choice if legacy else trim_chat_choice)(choice, prep.wish)
+    withheld = outcome.abstained and prep.plan.abstain == "replace"
+    if withheld:
+        (withhold_completion if legacy else withhold_chat)(choice, prep.plan.idk_message)
+    choice_cid = choice_id(cid, index)
+    public = outcome.public(choice_cid, withheld=withheld)
+    choice["calibration"] = public
+    return choice_cid, outcome, public
 
 
 @router.post("/v1/chat/completions", openapi_extra=_CHAT_DOC, summary="Chat completion")

@@ -149,7 +149,18 @@ def test_logprobs_are_trimmed_to_the_clients_top_logprobs(client, double):
     body = chat(client, logprobs=True, top_logprobs=2).json()
     content = body["choices"][0]["logprobs"]["content"]
     assert [len(step["top_logprobs"]) for step in content] == [2, 2]
-    assert [t["token"] for t in content[0]["top_logprobs"]] == [" B", " A"]
+    # vLLM keeps the first n entries of its list (the sampled token, then by rank).
+    assert [t["token"] for t in content[0]["top_logprobs"]] == [" B", "B"]
+
+
+def test_a_sampled_token_outside_the_top_stays_first_as_vllm_lists_it(client, double):
+    """Sampling at temperature > 0 can pick a token that is not the most likely: vLLM lists it
+    first, then the top-K by rank, and `top_logprobs=n` keeps the first n of that list."""
+    steps = [(" C", -2.0, [(" C", -2.0), (" A", -0.3), (" B", -1.5), (" D", -3.0)])]
+    double.reply = JSONReply(chat_response(steps))
+    body = chat(client, logprobs=True, top_logprobs=2).json()
+    top = body["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+    assert [t["token"] for t in top] == [" C", " A"]
 
 
 def test_logprobs_true_without_top_logprobs_keeps_tokens_only(client, double):
@@ -284,11 +295,13 @@ def test_upstream_body_without_choices_is_not_a_crash(client, double):
     assert r.json()["calibration"]["reason"] == "upstream_returned_no_choices"
 
 
-def test_n_greater_than_one_calibrates_choice_zero(client, double):
+def test_n_greater_than_one_top_level_is_choice_zeros(client, double):
     double.reply = JSONReply(chat_response(MCQ_STEPS, n=3))
     body = chat(client, n=3).json()
     assert len(body["choices"]) == 3
     assert body["calibration"]["answer"] == "B"
+    assert body["calibration"] == body["choices"][0]["calibration"]
+    assert [c["calibration"]["answer"] for c in body["choices"]] == ["B", "B", "B"]
 
 
 def test_served_name_alias_is_sent_upstream_and_restored(client, double):

@@ -9,6 +9,7 @@ scored and calibrated, and that the answer and its prediction record line up.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 
 import httpx
@@ -171,3 +172,91 @@ def test_unknown_model_is_the_engines_404(gw: httpx.Client) -> None:
     )
     assert r.status_code == 404
     assert r.json()["error"]["message"]
+
+
+def test_echo_confidence_is_the_answers_alone(gw: httpx.Client, engine: RunningEngine) -> None:
+    """With `echo` the engine returns the prompt's tokens too; the confidence must be the same
+    as without `echo` (the generated tokens only)."""
+    body = {
+        "model": engine.model,
+        "prompt": "Q: What is the capital of France?\nA:",
+        "max_tokens": 5,
+        "temperature": 0,
+        "calibration": {"mode": "sequence"},
+    }
+    plain = gw.post("/v1/completions", json=body).json()
+    echoed = gw.post("/v1/completions", json={**body, "echo": True, "logprobs": 1}).json()
+    assert echoed["choices"][0]["text"] == body["prompt"] + plain["choices"][0]["text"]
+    assert echoed["calibration"]["raw_confidence"] == pytest.approx(
+        plain["calibration"]["raw_confidence"], abs=0.02
+    )
+    lp = echoed["choices"][0]["logprobs"]
+    n_prompt = len(echoed["choices"][0]["prompt_logprobs"])
+    generated = lp["token_logprobs"][n_prompt:]
+    assert len(generated) == 5
+    mean = sum(generated) / len(generated)
+    assert echoed["calibration"]["raw_confidence"] == pytest.approx(math.exp(mean), abs=1e-9)
+
+
+def test_every_choice_is_calibrated_and_takes_feedback(
+    gw: httpx.Client, engine: RunningEngine
+) -> None:
+    r = gw.post(
+        "/v1/completions",
+        json={
+            "model": engine.model,
+            "prompt": [FEW_SHOT, FEW_SHOT.replace("sun", "snow")],
+            "n": 2,
+            "max_tokens": 2,
+            "temperature": 1.0,
+            "seed": 11,
+            "calibration": OPTIONS,
+        },
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["choices"]) == 4
+    ids = [choice["calibration"]["id"] for choice in body["choices"]]
+    assert ids == [body["id"], *(f"{body['id']}-{i}" for i in range(1, 4))]
+    assert body["calibration"] == body["choices"][0]["calibration"]
+    for choice in body["choices"]:
+        cal = choice["calibration"]
+        named = choice["text"].strip()[:1]
+        if cal["confidence"] is None:
+            assert cal["reason"] == "answer_names_no_option"
+        else:
+            assert cal["answer"] == named, choice
+            assert sum(cal["option_probs"].values()) == pytest.approx(1.0)
+    last = body["choices"][-1]["calibration"]
+    fb = gw.post("/v1/feedback", json={"id": last["id"], "correct": True})
+    assert fb.status_code == 200, fb.text
+    assert gw.get(f"/v1/feedback/{last['id']}").json()["correct"] is True
+
+
+def test_streamed_choices_are_each_calibrated(gw: httpx.Client, engine: RunningEngine) -> None:
+    body = {
+        "model": engine.model,
+        "messages": [{"role": "user", "content": "Say hello."}],
+        "n": 2,
+        "max_tokens": 4,
+        "temperature": 1.0,
+        "seed": 5,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    with gw.stream("POST", "/v1/chat/completions", json=body) as r:
+        assert r.status_code == 200
+        events = _sse(r)
+    assert events[-1] == "[DONE]"
+    last = events[-2]
+    assert last["choices"] == [] and last["usage"]["completion_tokens"] > 0
+    finishing = {
+        c["index"]: c["calibration"]
+        for e in events[:-2]
+        for c in e["choices"]
+        if c.get("finish_reason") is not None
+    }
+    assert sorted(finishing) == [0, 1]
+    assert finishing[1]["id"] == f"{last['id']}-1"
+    assert all(0.0 < cal["confidence"] <= 1.0 for cal in finishing.values())
+    assert last["calibration"] == finishing[0]
