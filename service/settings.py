@@ -58,6 +58,11 @@ class ModelConfig(BaseModel):
         "instead; off: never inject.",
     )
     top_logprobs: int = Field(20, ge=1, le=20, description="K requested from the upstream.")
+    scoring: Literal["path", "likelihood"] = Field(
+        "path",
+        description="Options mode: read the option distribution off the generated tokens "
+        "(path) or score every option's text after the prompt in one extra request (likelihood).",
+    )
 
 
 class Settings(BaseSettings):

@@ -26,6 +26,7 @@ from typing import Any
 from service.calibration_request import CalibrationPlan
 from service.confidence import Outcome, calibrate_choice
 from service.errors import APIError
+from service.option_likelihood import option_likelihoods_result
 from service.request_body import LogprobWish
 from service.shaping import trim_chat_choice, trim_completion_choice
 from service.upstream import UpstreamResponse, UpstreamTransportError, upstream_error_from
@@ -58,6 +59,7 @@ class StreamContext:
     # Called once at the end: (response id, outcome or None if the stream broke, seconds spent
     # waiting on the upstream, the upstream error if any). Records the prediction and metrics.
     on_done: Callable[[str, Outcome | None, float, APIError | None], None]
+    likelihoods: Any = None  # scoring "likelihood": the task scoring the options (or None)
     _content: list[Any] = field(default_factory=list)
     _tokens: list[Any] = field(default_factory=list)
     _token_lps: list[Any] = field(default_factory=list)
@@ -157,6 +159,8 @@ async def relay(
                 chunk["model"] = ctx.model
             yield b"data: " + _dumps(chunk) + b"\n\n"
     except UpstreamTransportError as exc:
+        if ctx.likelihoods is not None:
+            ctx.likelihoods.cancel()
         error = upstream_error_from(exc)
         error.code = "upstream_stream_dropped"
         logger.warning("upstream stream broke: %s", error.message)
@@ -189,7 +193,10 @@ async def relay(
     plan = ctx.plan
     if plan.abstain == "replace":
         plan = replace(plan, abstain="annotate")
-    outcome = calibrate_choice(ctx.logprobs(), ctx.text(), plan, ctx.profile, ctx.model)
+    option_lps = await option_likelihoods_result(ctx.likelihoods)
+    outcome = calibrate_choice(
+        ctx.logprobs(), ctx.text(), plan, ctx.profile, ctx.model, likelihoods=option_lps
+    )
     ctx.on_done(meta["id"], outcome, upstream_s, None)
     final = {**meta, "choices": [], "calibration": outcome.public(meta["id"])}
     yield b"data: " + _dumps(final) + b"\n\n" + _DONE

@@ -36,6 +36,7 @@ from service.confidence import Outcome, calibrate_choice, no_choice_outcome
 from service.errors import APIError
 from service.idk_option import insert_in_messages, insert_in_prompt
 from service.images import validate_image_parts
+from service.option_likelihood import option_likelihoods_result, start_option_likelihoods
 from service.request_body import (
     LogprobWish,
     check_chat,
@@ -285,11 +286,13 @@ async def complete(request: Request, principal: Principal, legacy: bool) -> Resp
     started = clock()
     prep: _Prepared | None = None
     upstream_s: float | None = None
+    likelihoods = None  # scoring "likelihood": the options scored next to this request
     try:
         prep = await _prepare(request, legacy)
         upstream = request.app.state.upstream
         path = "completions" if legacy else "chat/completions"
         base = prep.config.upstream
+        likelihoods = start_option_likelihoods(upstream, base, prep.plan, prep.content, legacy)
         t0 = clock()
         try:
             if prep.stream:
@@ -299,9 +302,14 @@ async def complete(request: Request, principal: Principal, legacy: bool) -> Resp
         finally:
             upstream_s = clock() - t0
         if prep.stream:
-            return _stream(request, principal, prep, stream, endpoint, started, upstream_s)
-        response = _finish(request, principal, prep, reply.body, legacy)
+            return _stream(
+                request, principal, prep, stream, endpoint, started, upstream_s, likelihoods
+            )
+        option_lps = await option_likelihoods_result(likelihoods)
+        response = _finish(request, principal, prep, reply.body, legacy, option_lps)
     except APIError as error:
+        if likelihoods is not None:
+            likelihoods.cancel()
         _observe_failure(
             prep.model if prep else None, endpoint, error, clock() - started, upstream_s
         )
@@ -318,6 +326,7 @@ def _stream(
     endpoint: str,
     started: float,
     upstream_s: float,
+    likelihoods: Any = None,
 ) -> StreamingResponse:
     def on_done(cid: str, out: Outcome | None, waited: float, error: APIError | None) -> None:
         total = time.perf_counter() - started
@@ -338,6 +347,7 @@ def _stream(
         model=prep.model,
         rename=prep.config.served_name not in (None, prep.model),
         on_done=on_done,
+        likelihoods=likelihoods,
     )
     return StreamingResponse(
         relay(upstream_response, ctx, upstream_s),
@@ -347,7 +357,12 @@ def _stream(
 
 
 def _finish(
-    request: Request, principal: Principal, prep: _Prepared, body: Any, legacy: bool
+    request: Request,
+    principal: Principal,
+    prep: _Prepared,
+    body: Any,
+    legacy: bool,
+    option_lps: list[float] | None = None,
 ) -> Response:
     """Calibrate a complete upstream body, shape it for the client, record the prediction."""
     if not isinstance(body, dict):
@@ -375,6 +390,7 @@ def _finish(
             prep.plan,
             prep.profile,
             prep.model,
+            likelihoods=option_lps,
         )
     else:
         outcome = no_choice_outcome(prep.plan, prep.profile)

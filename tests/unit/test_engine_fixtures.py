@@ -185,15 +185,20 @@ def test_recorded_free_form_city_scores_as_an_arbitrary_string_option() -> None:
     assert score.option_logprobs[3] == pytest.approx(min(top.values()))
 
 
-def test_recorded_multi_token_answer_is_located_by_its_first_token() -> None:
+def test_recorded_multi_token_answer_is_the_sum_along_its_tokens() -> None:
     choice = _load("completion_freeform_wrong")
     score = score_options(choice["logprobs"], ["Asunción", "Buenos Aires", "Montevideo"])
-    top = choice["logprobs"]["top_logprobs"][0]
+    lps = choice["logprobs"]["token_logprobs"]
+    tops = choice["logprobs"]["top_logprobs"]
+    assert choice["logprobs"]["tokens"][:2] == [" Buenos", " Aires"]
     assert score.answer == "Buenos Aires"
     assert score.position == 0
-    assert score.option_logprobs[1:] == pytest.approx((top[" Buenos"], top[" Montevideo"]))
-    # " A" is listed and could start "Asunción": a first-token variant by the prefix rule.
-    assert score.option_logprobs[0] == pytest.approx(top[" A"])
+    # The path " Buenos" " Aires", plus " aires" (case folded) where the path could have gone.
+    expected = np.logaddexp(lps[0] + lps[1], lps[0] + tops[1][" aires"])
+    assert score.option_logprobs[1] == pytest.approx(expected)
+    assert score.option_logprobs[2] == pytest.approx(tops[0][" Montevideo"])
+    # " A" is the only listed token that can start "Asunción": its own token where it departs.
+    assert score.option_logprobs[0] == pytest.approx(tops[0][" A"])
     assert score.truncated == (False, False, False)
 
 
