@@ -8,7 +8,7 @@ Accepted ``logprobs`` shapes (anything else that is empty or ``None`` means "no 
 * legacy completions: ``{"tokens": [...], "token_logprobs": [...], "top_logprobs": [{tok: lp}]}``.
 
 **Which option the answer names.** Texts are compared *normalized*: tokenizer space markers
-("▁", "Ġ", "Ċ") read as spaces, accents dropped (NFKD), case folded, and surrounding
+("▁", "Ġ", "Ċ") and hyphens read as spaces, accents dropped (NFKD), case folded, and surrounding
 whitespace and punctuation stripped. A one-character option ("A", "B", ...) keeps its case, so
 the article "a" never names option "A". Scanning the generated tokens in order, the answer
 position is the first token where a word starts (after the token's own leading spaces and
@@ -73,7 +73,12 @@ __all__ = [
 # Whitespace, ( ) . : and the tokenizers' visible space/newline markers (SentencePiece "▁",
 # GPT-2 byte-level "Ġ" for space and "Ċ" for newline).
 _STRIP_CHARS = " \t\n\r\x0b\x0c\xa0().:\u2581\u0120\u010a"
-_MARKERS = str.maketrans({"\u2581": " ", "\u0120": " ", "\u010a": "\n"})
+# Space markers read as spaces; hyphens and dashes too ("Saint-Pierre" is "Saint Pierre"). One
+# character for one, so offsets in a token's folded text stay put.
+_MARKERS = str.maketrans(
+    {"\u2581": " ", "\u0120": " ", "\u010a": "\n", "-": " ", "\u2010": " ", "\u2011": " "}
+    | {"\u2012": " ", "\u2013": " ", "\u2014": " "}
+)
 _EXTRA_STRIP = frozenset("`~")
 _SHARE_FLOOR = 1e-12  # least mass left to an option that longer options continue
 
