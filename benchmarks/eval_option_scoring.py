@@ -93,6 +93,7 @@ def build_items(n: int, seed: int) -> list[Item]:
     rng = random.Random(seed)
     pool = [c for c in countries() if c.name not in FEW_SHOT_COUNTRIES and c.capital.strip()]
     capitals = sorted({_display(c) for c in pool})
+
     # Questions with shared-prefix traps first (they are what this measures), then the rest.
     def traps(c: Country) -> list[str]:
         mine = _display(c)
@@ -132,9 +133,7 @@ class Gateway:
     """The real gateway app on a loopback port, in a background thread."""
 
     def __init__(self, engine: str, data_dir: Path) -> None:
-        settings = Settings(
-            upstream=engine, data_dir=data_dir, refit_enabled=False, insecure=True
-        )
+        settings = Settings(upstream=engine, data_dir=data_dir, refit_enabled=False, insecure=True)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
@@ -266,8 +265,9 @@ def report(items: list[Item], out: dict[str, list[Result]]) -> str:
         f"argmax agreement path vs likelihood: {agree}/{len(pairs)}"
         f" ({agree / max(len(pairs), 1):.1%}); mean |confidence difference|: "
         f"{statistics.fmean(diff) if diff else float('nan'):.3f}",
-        f"added latency (likelihood - path, medians): {(p50['likelihood'] - p50['path']) * 1000:.0f}"
-        f" ms, ratio {p50['likelihood'] / p50['path']:.2f}",
+        "added latency (likelihood - path, medians): "
+        f"{(p50['likelihood'] - p50['path']) * 1000:.0f} ms, "
+        f"ratio {p50['likelihood'] / p50['path']:.2f}",
     ]
     if mismatches:
         lines += ["", "mismatches:", *mismatches]

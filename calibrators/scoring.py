@@ -26,7 +26,7 @@ take the longest piece, so "All" rather than "A" starts "All of the above"). Its
 (relative to position ``s``) is the sum of the generated-token logprobs while it agrees, plus,
 where it departs, the logprob of its own token there: every listed candidate that completes it
 (" Lima", "Lima", " Lima," all complete "Lima"; distinct tokens are disjoint events, so they
-add) and the longest listed candidate that continues it. Missing from the top-K: the K-th
+add), else the longest listed candidate that continues it. Missing from the top-K: the K-th
 logprob (an upper bound), flagged ``truncated``. A candidate that several departing options
 could continue (" San" for "San Juan" and "San José") is shared equally and flagged
 ``truncated`` too, since one position cannot tell them apart. The answer itself follows the
@@ -457,7 +457,7 @@ class _Walk:
             if follows:
                 consumed, prefix, i = joined, prefix + lp_i, i + 1
                 continue
-            if best is not None:
+            if best is not None and not claimed:  # a listed completion is the longer piece
                 claims.setdefault((i, best[1]), []).append((j, prefix + best[2]))
                 claimed = True
             if not claimed:
