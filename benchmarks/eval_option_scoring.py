@@ -2,7 +2,8 @@
 
 Country -> capital questions (`service.datasets`, real data), asked the way the embedded base
 model answers: few-shot completion ("Q: What is the capital of X?\\nA:"), greedy, stop at the
-newline. Each question's options are its capital (the accented spelling when there is one:
+newline, with the options listed in the prompt one per line ("- Lima"; `--format cloze`: the
+bare question). Each question's options are its capital (the accented spelling when there is one:
 "Bogotá", "Asunción") and three other capitals, chosen to be traps where possible: capitals
 sharing the first word ("San José" / "San Juan" / "San Salvador", "Port Louis" / "Port Vila")
 or the first three letters ("Bogotá" / "Bo..."), else from the same continent.
@@ -51,6 +52,13 @@ SHOTS = (
     "Q: What is the capital of Japan?\nA: Tokyo\n"
     "Q: What is the capital of Italy?\nA: Rome\n"
 )
+# The choices listed in the prompt, one per line (the way eval_idk asks the base model).
+LISTED_SHOTS = (
+    "Q: What is the capital of Germany?\n- Munich\n- Berlin\n- Vienna\n- Hamburg\nA: Berlin\n\n"
+    "Q: What is the capital of Japan?\n- Tokyo\n- Osaka\n- Seoul\n- Kyoto\nA: Tokyo\n\n"
+    "Q: What is the capital of Canada?\n- Toronto\n- Vancouver\n- Montreal\n- Ottawa\n"
+    "A: Ottawa\n\n"
+)
 SCORINGS = ("path", "likelihood")
 
 
@@ -88,7 +96,7 @@ def _display(country: Country) -> str:
     return (accented[0] if accented else country.capital).strip()
 
 
-def build_items(n: int, seed: int) -> list[Item]:
+def build_items(n: int, seed: int, listed: bool = True) -> list[Item]:
     """``n`` questions with trap options (first word or first letters shared)."""
     rng = random.Random(seed)
     pool = [c for c in countries() if c.name not in FEW_SHOT_COUNTRIES and c.capital.strip()]
@@ -118,7 +126,11 @@ def build_items(n: int, seed: int) -> list[Item]:
         rng.shuffle(near)
         options = [gold, *chosen, *near][:4]
         rng.shuffle(options)
-        prompt = f"{SHOTS}Q: What is the capital of {c.name}?\nA:"
+        if listed:
+            choices = "".join(f"- {o}\n" for o in options)
+            prompt = f"{LISTED_SHOTS}Q: What is the capital of {c.name}?\n{choices}A:"
+        else:
+            prompt = f"{SHOTS}Q: What is the capital of {c.name}?\nA:"
         items.append(Item(c.name, prompt, options, gold))
     return items
 
@@ -219,8 +231,8 @@ def quality(items: list[Item], results: list[Result]) -> dict[str, float]:
     }
 
 
-async def run(engine: str, model: str, n: int, seed: int) -> str:
-    items = build_items(n, seed)
+async def run(engine: str, model: str, n: int, seed: int, listed: bool) -> str:
+    items = build_items(n, seed, listed)
     out: dict[str, list[Result]] = {}
     with tempfile.TemporaryDirectory() as tmp, Gateway(engine, Path(tmp)) as gateway:
         async with httpx.AsyncClient(base_url=gateway, timeout=300) as client:
@@ -235,6 +247,10 @@ async def run(engine: str, model: str, n: int, seed: int) -> str:
 
 def report(items: list[Item], out: dict[str, list[Result]]) -> str:
     lines = [f"{len(items)} country -> capital questions, 4 string options each (traps)", ""]
+    if "\n- " in items[0].prompt:
+        lines[0] += ", the options listed in the prompt"
+    else:
+        lines[0] += ", cloze prompt (options not shown)"
     lines.append("| scoring | named one | scored as it | sums to 1 | named none | scored | "
                  "accuracy | ECE | AUROC | mean conf | p50 latency |")  # fmt: skip
     lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -280,8 +296,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", default="gemma-3-270m")
     parser.add_argument("--n", type=int, default=120)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--format",
+        choices=["listed", "cloze"],
+        default="listed",
+        help="list the options in the prompt (default) or ask the bare cloze question",
+    )
     args = parser.parse_args(argv)
-    print(asyncio.run(run(args.engine, args.model, args.n, args.seed)))
+    print(asyncio.run(run(args.engine, args.model, args.n, args.seed, args.format == "listed")))
     return 0
 
 
