@@ -177,18 +177,34 @@ def _is_strip(char: str) -> bool:
     return char.isspace() or unicodedata.category(char)[0] == "P" or char in _EXTRA_STRIP
 
 
+@lru_cache(maxsize=65536)
+def _fold_word(text: str, keep_case: bool) -> str:
+    """``_fold`` without leading spaces and punctuation: a token where an answer starts."""
+    return _lstrip(_fold(text, keep_case))
+
+
+# The ASCII characters `_is_strip` accepts: str.strip on them is the fast path.
+_ASCII_STRIP = "".join(c for c in map(chr, range(128)) if _is_strip(c))
+
+
 def _lstrip(text: str) -> str:
+    text = text.lstrip(_ASCII_STRIP)
+    if not text or text[0].isascii():
+        return text
     i = 0
     while i < len(text) and _is_strip(text[i]):
         i += 1
-    return text[i:]
+    return _lstrip(text[i:]) if i else text
 
 
 def _rstrip(text: str) -> str:
+    text = text.rstrip(_ASCII_STRIP)
+    if not text or text[-1].isascii():
+        return text
     j = len(text)
     while j > 0 and _is_strip(text[j - 1]):
         j -= 1
-    return text[:j]
+    return _rstrip(text[:j]) if j < len(text) else text
 
 
 def _word_joined(left: str, right: str) -> bool:
@@ -267,7 +283,8 @@ class _Path:
         return len(self.tokens)
 
     def candidates(self, i: int) -> tuple[list[tuple[str, float]], int | None]:
-        """The listed candidates at ``i`` plus the generated token; the generated one's index."""
+        """The listed candidates at ``i`` plus the generated token (appended last when it is not
+        listed); the generated one's index."""
         sampled, sampled_lp = self.tokens[i], self.logprobs[i]
         top = self._tops[i]
         if self._legacy:
@@ -284,12 +301,13 @@ class _Path:
             at = len(pairs) - 1
         return pairs, at
 
-    def floor(self, i: int) -> float:
+    def floor(self, i: int, candidates: Any = None) -> float:
         """Upper bound on the logprob of a token not listed at ``i``: the K-th listed logprob."""
-        pairs, at = self.candidates(i)
-        listed = [lp for k, (_, lp) in enumerate(pairs) if k != at or self._listed(i)]
+        pairs, at = candidates or self.candidates(i)
+        appended = at is not None and at == len(pairs) - 1 and not self._listed(i)
+        listed = pairs[:-1] if appended else pairs
         if listed:
-            return min(listed)
+            return min(lp for _, lp in listed)
         sampled_lp = self.logprobs[i]
         if sampled_lp is not None and sampled_lp < 0.0:
             # No top-K list at all: the mass the sampled token leaves is the only bound there is.
@@ -378,11 +396,37 @@ class _Walk:
 
     def __init__(self, path: _Path, s: int, labels: tuple[_Label, ...], answer: int) -> None:
         self.path, self.s, self.labels, self.answer = path, s, labels, answer
-        self._pieces: dict[tuple[int, bool], str] = {}
+        self._candidates: dict[int, tuple[list[tuple[str, float]], int | None]] = {}
+        self._floors: dict[int, float] = {}
+        self._pieces: dict[tuple[int, bool], tuple[list[str], dict[str, list[int]]]] = {}
 
     def piece(self, token: str, i: int, keep_case: bool) -> str:
-        folded = _fold(token, keep_case)
-        return _lstrip(folded) if i == self.s else folded
+        return _fold_word(token, keep_case) if i == self.s else _fold(token, keep_case)
+
+    def candidates(
+        self, i: int, keep_case: bool
+    ) -> tuple[list[tuple[str, float]], int | None, list[str], dict[str, list[int]]]:
+        """The candidates at ``i`` (read once per walk), their normalized texts, and the other
+        candidates than the generated one by first character."""
+        if i not in self._candidates:
+            self._candidates[i] = self.path.candidates(i)
+        pairs, at = self._candidates[i]
+        cached = self._pieces.get((i, keep_case))
+        if cached is None:
+            pieces = [self.piece(token, i, keep_case) for token, _ in pairs]
+            by_first: dict[str, list[int]] = {}
+            for k, piece in enumerate(pieces):
+                if piece and k != at:
+                    by_first.setdefault(piece[0], []).append(k)
+            cached = self._pieces[(i, keep_case)] = (pieces, by_first)
+        return pairs, at, cached[0], cached[1]
+
+    def floor(self, i: int) -> float:
+        if i not in self._candidates:
+            self._candidates[i] = self.path.candidates(i)
+        if i not in self._floors:
+            self._floors[i] = self.path.floor(i, self._candidates[i])
+        return self._floors[i]
 
     def consumed(self, upto: int, keep_case: bool) -> str:
         return "".join(self.piece(self.path.tokens[i], i, keep_case) for i in range(self.s, upto))
@@ -403,7 +447,7 @@ class _Walk:
         out = []
         for j in range(n_opt):
             if not masses[j]:
-                masses[j].append(self.path.floor(self.s))
+                masses[j].append(self.floor(self.s))
                 truncated[j] = True
             out.append(_lse(masses[j]))
         return tuple(out), tuple(truncated)
@@ -427,21 +471,21 @@ class _Walk:
                 masses[j].append(prefix)
                 truncated[j] = True
                 return
-            pairs, at = path.candidates(i)
+            pairs, _, pieces, by_first = self.candidates(i, keep_case)
             claimed = False
             best: tuple[int, int, float] | None = None  # (piece length, candidate index, lp)
-            for k, (token, lp) in enumerate(pairs):
-                if k == at:
-                    continue
-                piece = self.piece(token, i, keep_case)
-                if not piece:
-                    continue
+            for k in by_first.get(target[len(consumed)], ()):
+                piece = pieces[k]
                 joined = consumed + piece
-                if _rstrip(joined) == target:
-                    claims.setdefault((i, k), []).append((j, prefix + lp))
+                if target.startswith(joined):
+                    if len(joined) == len(target):
+                        claims.setdefault((i, k), []).append((j, prefix + pairs[k][1]))
+                        claimed = True
+                    elif best is None or len(piece) > best[0]:
+                        best = (len(piece), k, pairs[k][1])
+                elif joined.startswith(target) and _rstrip(joined) == target:  # "Lima,"
+                    claims.setdefault((i, k), []).append((j, prefix + pairs[k][1]))
                     claimed = True
-                elif target.startswith(joined) and (best is None or len(piece) > best[0]):
-                    best = (len(piece), k, lp)
             lp_i = path.logprobs[i]
             if lp_i is None:  # a generated token without a logprob: nothing more to read
                 masses[j].append(prefix)
@@ -461,7 +505,7 @@ class _Walk:
                 claims.setdefault((i, best[1]), []).append((j, prefix + best[2]))
                 claimed = True
             if not claimed:
-                masses[j].append(prefix + path.floor(i))
+                masses[j].append(prefix + self.floor(i))
                 truncated[j] = True
             return
 
