@@ -170,3 +170,36 @@ def test_likelihood_scoring_in_chat(gw: httpx.Client, engine: RunningEngine) -> 
         assert sum(cal["option_probs"].values()) == pytest.approx(1.0)
     elif not names:
         assert cal["answer"] is None
+
+
+def test_chat_likelihoods_from_the_real_engine_rank_the_capital_first(
+    engine: RunningEngine,
+) -> None:
+    import asyncio
+    import json as jsonlib
+
+    from service.option_likelihood import option_likelihoods
+    from service.settings import Settings
+    from service.upstream import Upstream
+
+    messages = [
+        {"role": "user", "content": "What is the capital of Germany? Answer with the city."},
+        {"role": "assistant", "content": "Berlin"},
+        {"role": "user", "content": "What is the capital of Colombia? Answer with the city."},
+    ]
+    content = jsonlib.dumps({"model": engine.model, "messages": messages}).encode()
+
+    async def score() -> list[float] | None:
+        upstream = Upstream(Settings(upstream=engine.base_url))
+        try:
+            return await option_likelihoods(
+                upstream, None, content, False, ["Bogotá", "Xylophone", "Tokyo"]
+            )
+        finally:
+            await upstream.aclose()
+
+    lls = asyncio.run(score())
+    assert lls is not None
+    assert all(math.isfinite(v) and v < 0 for v in lls)
+    assert lls[0] > lls[1]  # the capital over a word that is no city
+    assert lls[0] > lls[2]  # and over another capital
