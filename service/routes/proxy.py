@@ -80,6 +80,12 @@ _CALIBRATION_SCHEMA = {
         "task": {"type": "string", "default": "default"},
         "add_idk_option": {"type": "boolean", "description": "Add an 'I don't know' choice."},
         "idk_text": {"type": "string", "description": "How the added choice reads."},
+        "scoring": {
+            "type": "string",
+            "enum": ["path", "likelihood"],
+            "description": "Options mode: read the option distribution off the generated tokens "
+            "(path) or score every option's text after the prompt (likelihood, one extra request).",
+        },
     },
 }
 
