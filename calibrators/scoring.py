@@ -1,8 +1,5 @@
-"""Raw scores from OpenAI/vLLM logprobs: the option distribution at the answer position, or
-length-normalized sequence features (DESIGN §3).
-
-This runs on every response, so it is plain Python over the dicts the engine returned (no numpy
-per token): a typical short multiple-choice answer costs a few microseconds.
+"""Raw scores from OpenAI/vLLM logprobs: a distribution over named answer options, or
+length-normalized sequence features. Pure Python over the dicts the engine returned.
 
 Accepted ``logprobs`` shapes (anything else that is empty or ``None`` means "no logprobs"):
 
@@ -10,27 +7,43 @@ Accepted ``logprobs`` shapes (anything else that is empty or ``None`` means "no 
   or directly that ``content`` list, or the whole ``choice`` (it has a ``"logprobs"`` key);
 * legacy completions: ``{"tokens": [...], "token_logprobs": [...], "top_logprobs": [{tok: lp}]}``.
 
-Answer-position rule (options mode). Options and tokens are compared after
-:func:`normalize_token`, case-sensitively. Scanning the generated tokens in order, the answer
-position is the first token whose normalized text
+**Which option the answer names.** Texts are compared *normalized*: tokenizer space markers
+("▁", "Ġ", "Ċ") and hyphens read as spaces, accents dropped (NFKD), case folded, and surrounding
+whitespace and punctuation stripped. A one-character option ("A", "B", ...) keeps its case, so
+the article "a" never names option "A". Scanning the generated tokens in order, the answer
+position is the first token where a word starts (after the token's own leading spaces and
+punctuation) and the text from there continues with an option's whole normalized text, ending at
+a token boundary (only punctuation or spaces may follow inside the last token) and at a word
+boundary. If several options match there, the **longest** wins ("New York City" over "New
+York"), since the shorter one's text is merely the start of what was written. No match: no
+answer (" Q." names neither "Quito" nor "Q"; " Guatemala" does not name "Guatemala City").
 
-1. equals an option's normalized label (for example " B", "(B", "B." for option "B"), or
-2. is a non-empty *proper prefix* of exactly one option's normalized label (the first token of a
-   multi-token option such as " Burk" for "Burkina Faso").
+**Probabilities along the path** (``scoring="path"``). From the answer position ``s`` on, the
+options form a trie walked along the generated tokens. An option *agrees* with the path while
+the generated text so far is a prefix of it and the generated token is the longest listed
+candidate consistent with it (the top-K token strings stand in for the tokenizer: tokenizers
+take the longest piece, so "All" rather than "A" starts "All of the above"). Its log-probability
+(relative to position ``s``) is the sum of the generated-token logprobs while it agrees, plus,
+where it departs, the logprob of its own token there: every listed candidate that completes it
+(" Lima", "Lima", " Lima," all complete "Lima"; distinct tokens are disjoint events, so they
+add), else the longest listed candidate that continues it. Missing from the top-K: the K-th
+logprob (an upper bound), flagged ``truncated``. A candidate that several departing options
+could continue (" San" for "San Juan" and "San José") is shared equally and flagged
+``truncated`` too, since one position cannot tell them apart. The answer itself follows the
+generated tokens. An option that ends where a longer one continues ("New York" vs "New York
+City") gets only the mass that does not continue: ``log(1 - sum p(continuing tokens))``. So
+options that depart share the path's prefix probability, and wherever the top-K lists the tokens
+the distribution over options is exact.
 
-An exact label wins over a prefix (with options "A" and "All of the above", the token "A" is
-option "A"). Rule 2 is what makes string options work without the model's tokenizer; its price
-is that a word which happens to start exactly one option ("I" for "Italy") is taken as the answer,
-so prompts should make the model answer first.
+Multi-token options are scored by the **sum** of their token logprobs (the probability of the
+whole sequence), not the mean: options are disjoint events, so sums give a distribution, and a
+mean would favour long names. Temperature scaling (``probs(T)``) acts on these option
+log-probabilities exactly as on single tokens.
 
-At that position a top-logprob entry is a *variant* of an option under the same two rules, except
-that a prefix shared by several options counts for every one of them: options whose first tokens
-collide (" Bur" for "Burkina Faso" and "Burundi") are scored together, since one position cannot
-tell them apart. Short prefixes count too (" A" for "Asunción"): like the floor below, an option's
-score errs upwards, never downwards. An option's logprob is the log-sum-exp of its variants (the
-sampled token included, even if the engine left it out of ``top_logprobs``). An option with no
-variant gets the smallest listed top-K logprob, an upper bound on its true logprob, and is flagged
-``truncated``; without any top-K list the bound is ``log(1 - p_sampled)``.
+**Exact likelihoods** (``scoring="likelihood"``): the service scores every option's full text
+after the prompt (prompt logprobs, as lm-eval's loglikelihood does) and passes the sums in
+``likelihoods``; the matching above still decides which option the answer names. An option whose
+text is the start of another's gets the mass that does not continue into it.
 
 Sequence mode uses every generated token that has a logprob, including a stop token the engine
 reports but strips from the text (vLLM does with a newline stop string): "the answer ends here"
@@ -39,7 +52,9 @@ is part of the answer's probability.
 
 from __future__ import annotations
 
+import bisect
 import math
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -55,9 +70,17 @@ __all__ = [
     "score_sequence",
 ]
 
-# Whitespace, the punctuation DESIGN §3 names, and the tokenizers' visible space/newline markers
-# (SentencePiece "▁", GPT-2 byte-level "Ġ" for space and "Ċ" for newline).
+# Whitespace, ( ) . : and the tokenizers' visible space/newline markers (SentencePiece "▁",
+# GPT-2 byte-level "Ġ" for space and "Ċ" for newline).
 _STRIP_CHARS = " \t\n\r\x0b\x0c\xa0().:\u2581\u0120\u010a"
+# Space markers read as spaces; hyphens and dashes too ("Saint-Pierre" is "Saint Pierre"). One
+# character for one, so offsets in a token's folded text stay put.
+_MARKERS = str.maketrans(
+    {"\u2581": " ", "\u0120": " ", "\u010a": "\n", "-": " ", "\u2010": " ", "\u2011": " "}
+    | {"\u2012": " ", "\u2013": " ", "\u2014": " "}
+)
+_EXTRA_STRIP = frozenset("`~")
+_SHARE_FLOOR = 1e-12  # least mass left to an option that longer options continue
 
 
 def normalize_token(text: str) -> str:
@@ -81,9 +104,11 @@ def _softmax(logprobs: Sequence[float], temperature: float = 1.0) -> list[float]
 
 @dataclass(frozen=True)
 class OptionScore:
-    """The engine's distribution over the named options at the answer position.
+    """The engine's distribution over the named options, from the answer position on.
 
-    ``option_logprobs`` and ``truncated`` are empty when no answer position was found.
+    ``option_logprobs`` and ``truncated`` are empty when the answer names no option.
+    ``scoring`` says where the option log-probabilities came from: "path" (the generated tokens
+    and their top-K) or "likelihood" (each option's full text scored after the prompt).
     """
 
     options: tuple[str, ...]
@@ -92,6 +117,7 @@ class OptionScore:
     answer: str | None
     answer_index: int | None
     position: int | None
+    scoring: str = "path"
 
     @property
     def found(self) -> bool:
@@ -132,6 +158,86 @@ class SequenceScore:
 
 
 # --------------------------------------------------------------------------------------------
+# Normalized text
+
+
+@lru_cache(maxsize=65536)
+def _fold(text: str, keep_case: bool) -> str:
+    """Markers as spaces, case folded (unless ``keep_case``), accents dropped."""
+    text = text.translate(_MARKERS)
+    if not keep_case:
+        text = text.casefold()
+    if text.isascii():
+        return text
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+
+
+@lru_cache(maxsize=4096)
+def _is_strip(char: str) -> bool:
+    return char.isspace() or unicodedata.category(char)[0] == "P" or char in _EXTRA_STRIP
+
+
+@lru_cache(maxsize=65536)
+def _fold_word(text: str, keep_case: bool) -> str:
+    """``_fold`` without leading spaces and punctuation: a token where an answer starts."""
+    return _lstrip(_fold(text, keep_case))
+
+
+# The ASCII characters `_is_strip` accepts: str.strip on them is the fast path.
+_ASCII_STRIP = "".join(c for c in map(chr, range(128)) if _is_strip(c))
+
+
+def _lstrip(text: str) -> str:
+    text = text.lstrip(_ASCII_STRIP)
+    if not text or text[0].isascii():
+        return text
+    i = 0
+    while i < len(text) and _is_strip(text[i]):
+        i += 1
+    return _lstrip(text[i:]) if i else text
+
+
+def _rstrip(text: str) -> str:
+    text = text.rstrip(_ASCII_STRIP)
+    if not text or text[-1].isascii():
+        return text
+    j = len(text)
+    while j > 0 and _is_strip(text[j - 1]):
+        j -= 1
+    return _rstrip(text[:j]) if j < len(text) else text
+
+
+def _word_joined(left: str, right: str) -> bool:
+    """Whether ``left`` followed by ``right`` continue one word (no boundary between them).
+
+    Scripts written without spaces (CJK) have no word boundaries to check.
+    """
+    return (
+        left.isalnum()
+        and right.isalnum()
+        and unicodedata.east_asian_width(left) not in "WF"
+        and unicodedata.east_asian_width(right) not in "WF"
+    )
+
+
+@dataclass(frozen=True)
+class _Label:
+    text: str  # normalized option text ("" for an option that is only punctuation)
+    keep_case: bool
+
+
+@lru_cache(maxsize=256)
+def _labels(options: tuple[str, ...]) -> tuple[_Label, ...]:
+    out = []
+    for option in options:
+        cased = _rstrip(_lstrip(_fold(option, True)))
+        keep_case = len(cased) == 1
+        text = cased if keep_case else _rstrip(_lstrip(_fold(option, False)))
+        out.append(_Label(text, keep_case))
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------------------------
 # Reading the two logprob shapes
 
 
@@ -153,153 +259,338 @@ def _steps(logprobs: Any) -> tuple[str, Any]:
     return "none", None
 
 
-@dataclass(frozen=True)
-class _OptionIndex:
-    """Lookup tables from a normalized token to options, built once per option set."""
+class _Path:
+    """The generated tokens with their logprobs and top-K candidates, in one shape."""
 
-    answer: dict[str, int]  # tokens that fix the answer position -> the option they name
-    variants: dict[str, tuple[int, ...]]  # tokens that count towards options at that position
+    __slots__ = ("_legacy", "_tops", "logprobs", "tokens")
 
-
-@lru_cache(maxsize=256)
-def _option_index(options: tuple[str, ...]) -> _OptionIndex:
-    exact: dict[str, list[int]] = {}
-    prefix: dict[str, list[int]] = {}
-    for i, option in enumerate(options):
-        label = normalize_token(option)
-        if not label:
-            continue
-        exact.setdefault(label, []).append(i)
-        for end in range(1, len(label)):
-            stub = normalize_token(label[:end])
-            if stub and stub != label:
-                bucket = prefix.setdefault(stub, [])
-                if i not in bucket:
-                    bucket.append(i)
-    variants = {k: tuple(v) for k, v in prefix.items() if k not in exact}
-    variants.update((k, tuple(v)) for k, v in exact.items())
-    answer = {k: v[0] for k, v in prefix.items() if k not in exact and len(v) == 1}
-    answer.update((k, v[0]) for k, v in exact.items())
-    return _OptionIndex(answer=answer, variants=variants)
-
-
-def _floor(top_k_min: float, sampled_lp: float | None) -> float:
-    """Upper bound for an option absent from the listed candidates."""
-    if top_k_min != math.inf:
-        return top_k_min
-    if sampled_lp is not None and sampled_lp < 0.0:
-        # No top-K list at all: the mass the sampled token leaves is the only bound there is.
-        return math.log1p(-math.exp(sampled_lp))
-    return -math.inf
-
-
-def _finish(
-    found: list[list[float] | None], floor: float
-) -> tuple[tuple[float, ...], tuple[bool, ...]]:
-    scores = []
-    for lps in found:
-        if lps is None:
-            scores.append(floor)
-        elif len(lps) == 1:
-            scores.append(lps[0])
+    def __init__(self, kind: str, steps: Any) -> None:
+        self._legacy = kind == "legacy"
+        if self._legacy:
+            self.tokens = [t if isinstance(t, str) else "" for t in steps.get("tokens") or ()]
+            n = len(self.tokens)
+            lps = list(steps.get("token_logprobs") or ())[:n]
+            tops = list(steps.get("top_logprobs") or ())[:n]
         else:
-            top = max(lps)
-            total = sum(math.exp(lp - top) for lp in lps) if top != -math.inf else 1.0
-            scores.append(top + math.log(total))
-    return tuple(scores), tuple(lps is None for lps in found)
+            self.tokens = [e.get("token") or "" if isinstance(e, dict) else "" for e in steps]
+            n = len(self.tokens)
+            lps = [e.get("logprob") if isinstance(e, dict) else None for e in steps]
+            tops = [e.get("top_logprobs") if isinstance(e, dict) else None for e in steps]
+        self.logprobs: list[float | None] = lps + [None] * (n - len(lps))
+        self._tops: list[Any] = tops + [None] * (n - len(tops))
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def candidates(self, i: int) -> tuple[list[tuple[str, float]], int | None]:
+        """The listed candidates at ``i`` plus the generated token (appended last when it is not
+        listed); the generated one's index."""
+        sampled, sampled_lp = self.tokens[i], self.logprobs[i]
+        top = self._tops[i]
+        if self._legacy:
+            pairs = list(top.items()) if isinstance(top, dict) else []
+        else:
+            pairs = [
+                (c["token"], c["logprob"])
+                for c in top or ()
+                if isinstance(c, dict) and c.get("logprob") is not None and "token" in c
+            ]
+        at = next((k for k, (tok, _) in enumerate(pairs) if tok == sampled), None)
+        if at is None and sampled_lp is not None:
+            pairs.append((sampled, sampled_lp))
+            at = len(pairs) - 1
+        return pairs, at
+
+    def floor(self, i: int, candidates: Any = None) -> float:
+        """Upper bound on the logprob of a token not listed at ``i``: the K-th listed logprob."""
+        pairs, at = candidates or self.candidates(i)
+        appended = at is not None and at == len(pairs) - 1 and not self._listed(i)
+        listed = pairs[:-1] if appended else pairs
+        if listed:
+            return min(lp for _, lp in listed)
+        sampled_lp = self.logprobs[i]
+        if sampled_lp is not None and sampled_lp < 0.0:
+            # No top-K list at all: the mass the sampled token leaves is the only bound there is.
+            return math.log1p(-math.exp(sampled_lp))
+        return -math.inf
+
+    def _listed(self, i: int) -> bool:
+        top = self._tops[i]
+        sampled = self.tokens[i]
+        if self._legacy:
+            return isinstance(top, dict) and sampled in top
+        return any(isinstance(c, dict) and c.get("token") == sampled for c in top or ())
 
 
-def _score_chat_step(
-    entry: dict[str, Any], variants: dict[str, tuple[int, ...]], n_options: int
-) -> tuple[tuple[float, ...], tuple[bool, ...]]:
-    found: list[list[float] | None] = [None] * n_options
-    sampled, sampled_lp = entry.get("token"), entry.get("logprob")
-    sampled_listed = False
-    floor = math.inf
-    for candidate in entry.get("top_logprobs") or ():
-        token, lp = candidate["token"], candidate["logprob"]
-        if lp < floor:
-            floor = lp
-        if token == sampled:
-            sampled_listed = True
-        hits = variants.get(token.strip(_STRIP_CHARS))
-        if hits:
-            for i in hits:
-                bucket = found[i]
-                if bucket is None:
-                    found[i] = [lp]
-                else:
-                    bucket.append(lp)
-    if not sampled_listed and sampled is not None and sampled_lp is not None:
-        for i in variants.get(sampled.strip(_STRIP_CHARS), ()):
-            bucket = found[i]
-            if bucket is None:
-                found[i] = [sampled_lp]
-            else:
-                bucket.append(sampled_lp)
-    return _finish(found, _floor(floor, sampled_lp))
+# --------------------------------------------------------------------------------------------
+# Matching
 
 
-def _score_legacy_step(
-    token: str,
-    sampled_lp: float | None,
-    top: dict[str, float] | None,
-    variants: dict[str, tuple[int, ...]],
-    n_options: int,
-) -> tuple[tuple[float, ...], tuple[bool, ...]]:
-    found: list[list[float] | None] = [None] * n_options
-    pairs = list(top.items()) if top else []
-    floor = min((lp for _, lp in pairs), default=math.inf)
-    if sampled_lp is not None and (not top or token not in top):
-        pairs.append((token, sampled_lp))
-    for candidate, lp in pairs:
-        for i in variants.get(candidate.strip(_STRIP_CHARS), ()):
-            bucket = found[i]
-            if bucket is None:
-                found[i] = [lp]
-            else:
-                bucket.append(lp)
-    return _finish(found, _floor(floor, sampled_lp))
+@dataclass(frozen=True)
+class _Match:
+    index: int  # the option
+    position: int  # token where its text starts
 
 
-def score_options(logprobs: Any, options: Sequence[str]) -> OptionScore:
-    """Locate the answer among ``options`` and read the option distribution there.
+def _match(tokens: list[str], labels: tuple[_Label, ...]) -> _Match | None:
+    """The first token position where the text continues with a whole option (longest wins)."""
+    found: dict[int, tuple[int, int]] = {}  # position -> (-len, option index)
+    for keep_case in {label.keep_case for label in labels if label.text}:
+        by_first: dict[str, list[tuple[int, str]]] = {}
+        for j, label in enumerate(labels):
+            if label.text and label.keep_case == keep_case:
+                by_first.setdefault(label.text[0], []).append((j, label.text))
+        pieces = [_fold(t, keep_case) for t in tokens]
+        ends = []
+        total = 0
+        for piece in pieces:
+            total += len(piece)
+            ends.append(total)
+        text = "".join(pieces)
+        limit = min(found) if found else len(tokens)
+        for i in range(min(limit + 1, len(tokens))):
+            piece = pieces[i]
+            lead = len(piece) - len(_lstrip(piece))
+            if lead == len(piece):
+                continue
+            start = ends[i] - len(piece) + lead
+            if start > 0 and _word_joined(text[start - 1], text[start]):
+                continue
+            best = None
+            for j, label in by_first.get(text[start], ()):
+                if not text.startswith(label, start):
+                    continue
+                end = start + len(label)
+                k = bisect.bisect_left(ends, end)  # the token holding the option's last char
+                tail = text[end : ends[k]]
+                if tail and any(not _is_strip(c) for c in tail):
+                    continue  # ends inside a token ("Lima" in " Limassol")
+                if not tail and end < len(text) and _word_joined(label[-1], text[end]):
+                    continue
+                if best is None or len(label) > best[0]:
+                    best = (len(label), j)
+            if best is not None:
+                key = (-best[0], best[1])
+                if i not in found or key < found[i]:
+                    found[i] = key
+                break
+    if not found:
+        return None
+    position = min(found)
+    return _Match(found[position][1], position)
 
-    See the module docstring for the matching rule. Never raises on missing or empty logprobs:
-    the result then has ``answer=None``.
+
+# --------------------------------------------------------------------------------------------
+# The trie walk along the path
+
+
+def _lse(values: list[float]) -> float:
+    top = max(values)
+    if top == -math.inf:
+        return top
+    return top + math.log(sum(math.exp(v - top) for v in values))
+
+
+class _Walk:
+    """Option log-probabilities from the answer position ``s`` on (see the module docstring)."""
+
+    def __init__(self, path: _Path, s: int, labels: tuple[_Label, ...], answer: int) -> None:
+        self.path, self.s, self.labels, self.answer = path, s, labels, answer
+        self._candidates: dict[int, tuple[list[tuple[str, float]], int | None]] = {}
+        self._floors: dict[int, float] = {}
+        self._pieces: dict[tuple[int, bool], tuple[list[str], dict[str, list[int]]]] = {}
+
+    def piece(self, token: str, i: int, keep_case: bool) -> str:
+        return _fold_word(token, keep_case) if i == self.s else _fold(token, keep_case)
+
+    def candidates(
+        self, i: int, keep_case: bool
+    ) -> tuple[list[tuple[str, float]], int | None, list[str], dict[str, list[int]]]:
+        """The candidates at ``i`` (read once per walk), their normalized texts, and the other
+        candidates than the generated one by first character."""
+        if i not in self._candidates:
+            self._candidates[i] = self.path.candidates(i)
+        pairs, at = self._candidates[i]
+        cached = self._pieces.get((i, keep_case))
+        if cached is None:
+            pieces = [self.piece(token, i, keep_case) for token, _ in pairs]
+            by_first: dict[str, list[int]] = {}
+            for k, piece in enumerate(pieces):
+                if piece and k != at:
+                    by_first.setdefault(piece[0], []).append(k)
+            cached = self._pieces[(i, keep_case)] = (pieces, by_first)
+        return pairs, at, cached[0], cached[1]
+
+    def floor(self, i: int) -> float:
+        if i not in self._candidates:
+            self._candidates[i] = self.path.candidates(i)
+        if i not in self._floors:
+            self._floors[i] = self.path.floor(i, self._candidates[i])
+        return self._floors[i]
+
+    def consumed(self, upto: int, keep_case: bool) -> str:
+        return "".join(self.piece(self.path.tokens[i], i, keep_case) for i in range(self.s, upto))
+
+    def run(self) -> tuple[tuple[float, ...], tuple[bool, ...]]:
+        n_opt = len(self.labels)
+        masses: list[list[float]] = [[] for _ in range(n_opt)]
+        truncated = [False] * n_opt
+        claims: dict[tuple[int, int], list[tuple[int, float]]] = {}
+        for j in range(n_opt):
+            self._walk_option(j, masses, truncated, claims)
+        for entries in claims.values():
+            share = math.log(len(entries))
+            for j, lp in entries:
+                masses[j].append(lp - share)
+                if len(entries) > 1:
+                    truncated[j] = True
+        out = []
+        for j in range(n_opt):
+            if not masses[j]:
+                masses[j].append(self.floor(self.s))
+                truncated[j] = True
+            out.append(_lse(masses[j]))
+        return tuple(out), tuple(truncated)
+
+    def _walk_option(
+        self,
+        j: int,
+        masses: list[list[float]],
+        truncated: list[bool],
+        claims: dict[tuple[int, int], list[tuple[int, float]]],
+    ) -> None:
+        label = self.labels[j]
+        target, keep_case = label.text, label.keep_case
+        if not target:
+            return  # nothing to read: floored in run()
+        path = self.path
+        consumed, prefix, i = "", 0.0, self.s
+        while True:
+            if i >= len(path):
+                # The generation stopped while this option still agreed: its departure is unseen.
+                masses[j].append(prefix)
+                truncated[j] = True
+                return
+            pairs, _, pieces, by_first = self.candidates(i, keep_case)
+            claimed = False
+            best: tuple[int, int, float] | None = None  # (piece length, candidate index, lp)
+            for k in by_first.get(target[len(consumed)], ()):
+                piece = pieces[k]
+                joined = consumed + piece
+                if target.startswith(joined):
+                    if len(joined) == len(target):
+                        claims.setdefault((i, k), []).append((j, prefix + pairs[k][1]))
+                        claimed = True
+                    elif best is None or len(piece) > best[0]:
+                        best = (len(piece), k, pairs[k][1])
+                elif joined.startswith(target) and _rstrip(joined) == target:  # "Lima,"
+                    claims.setdefault((i, k), []).append((j, prefix + pairs[k][1]))
+                    claimed = True
+            lp_i = path.logprobs[i]
+            if lp_i is None:  # a generated token without a logprob: nothing more to read
+                masses[j].append(prefix)
+                truncated[j] = True
+                return
+            piece = self.piece(path.tokens[i], i, keep_case)
+            joined = consumed + piece
+            if piece and _rstrip(joined) == target:
+                masses[j].append(prefix + lp_i + self._rest(i + 1, j))
+                return
+            longest = best is None or len(piece) >= best[0]
+            follows = j == self.answer or (bool(piece) and target.startswith(joined) and longest)
+            if follows:
+                consumed, prefix, i = joined, prefix + lp_i, i + 1
+                continue
+            if best is not None and not claimed:  # a listed completion is the longer piece
+                claims.setdefault((i, best[1]), []).append((j, prefix + best[2]))
+                claimed = True
+            if not claimed:
+                masses[j].append(prefix + self.floor(i))
+                truncated[j] = True
+            return
+
+    def _rest(self, i: int, j: int) -> float:
+        """log P(not continuing into a longer option | option j was written up to token i)."""
+        if i >= len(self.path):
+            return 0.0
+        done = self.labels[j]
+        longer = []
+        for k, label in enumerate(self.labels):
+            if k == j or len(label.text) <= len(done.text):
+                continue
+            consumed = self.consumed(i, label.keep_case)
+            if label.text.startswith(_rstrip(consumed)):
+                longer.append((label, consumed))
+        if not longer:
+            return 0.0
+        pairs, _ = self.path.candidates(i)
+        total = 0.0
+        for token, lp in pairs:
+            for label, consumed in longer:
+                joined = consumed + _fold(token, label.keep_case)
+                if len(joined) > len(consumed) and (
+                    label.text.startswith(joined) or _rstrip(joined) == label.text
+                ):
+                    total += math.exp(lp)
+                    break
+        if total <= 0.0:
+            return 0.0
+        return math.log(max(1.0 - total, _SHARE_FLOOR))
+
+
+def _likelihood_logprobs(
+    labels: tuple[_Label, ...], likelihoods: Sequence[float]
+) -> tuple[float, ...]:
+    """Sequence log-likelihoods, each less the mass of the longer options its text starts."""
+    out = []
+    for j, label in enumerate(labels):
+        lp = float(likelihoods[j])
+        longer = [
+            float(likelihoods[k])
+            for k, other in enumerate(labels)
+            if k != j
+            and label.text
+            and len(other.text) > len(label.text)
+            and _fold(other.text, False).startswith(_fold(label.text, False))
+            and not _word_joined(label.text[-1], other.text[len(label.text)])
+        ]
+        if longer and lp > -math.inf:
+            rest = 1.0 - sum(math.exp(v - lp) for v in longer)
+            if rest > 0.0:  # else the longer text was tokenized apart: nothing to take out
+                lp += math.log(rest)
+        out.append(lp)
+    return tuple(out)
+
+
+def score_options(
+    logprobs: Any, options: Sequence[str], *, likelihoods: Sequence[float] | None = None
+) -> OptionScore:
+    """Find the option the generated answer names and the distribution over ``options``.
+
+    See the module docstring for the matching rule and the two scorings. ``likelihoods`` (one
+    full-sequence log-likelihood per option, in order) switches to exact-likelihood scoring.
+    Never raises on missing or empty logprobs: the result then has ``answer=None``.
     """
     opts = tuple(options)
-    index = _option_index(opts)
-    answer_of, variants = index.answer, index.variants
+    none = OptionScore(opts, (), (), None, None, None)
+    if likelihoods is not None and len(likelihoods) != len(opts):
+        raise ValueError("likelihoods must have one value per option")
+    labels = _labels(opts)
     kind, steps = _steps(logprobs)
-    if kind == "none" or not answer_of:
-        return OptionScore(opts, (), (), None, None, None)
-
-    if kind == "chat":
-        for t, entry in enumerate(steps):
-            token = entry.get("token")
-            if token is None:
-                continue
-            i = answer_of.get(token.strip(_STRIP_CHARS))
-            if i is None:
-                continue
-            scores, truncated = _score_chat_step(entry, variants, len(opts))
-            return OptionScore(opts, scores, truncated, opts[i], i, t)
-        return OptionScore(opts, (), (), None, None, None)
-
-    token_lps = steps.get("token_logprobs") or []
-    tops = steps.get("top_logprobs") or []
-    for t, token in enumerate(steps.get("tokens") or ()):
-        if token is None:
-            continue
-        i = answer_of.get(token.strip(_STRIP_CHARS))
-        if i is None:
-            continue
-        lp = token_lps[t] if t < len(token_lps) else None
-        top = tops[t] if t < len(tops) else None
-        scores, truncated = _score_legacy_step(token, lp, top, variants, len(opts))
-        return OptionScore(opts, scores, truncated, opts[i], i, t)
-    return OptionScore(opts, (), (), None, None, None)
+    if kind == "none" or not any(label.text for label in labels):
+        return none
+    path = _Path(kind, steps)
+    match = _match(path.tokens, labels)
+    if match is None:
+        return none
+    i = match.index
+    if likelihoods is not None:
+        scores = _likelihood_logprobs(labels, likelihoods)
+        return OptionScore(
+            opts, scores, (False,) * len(opts), opts[i], i, match.position, "likelihood"
+        )
+    scores, truncated = _Walk(path, match.position, labels, i).run()
+    return OptionScore(opts, scores, truncated, opts[i], i, match.position)
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,23 +10,31 @@ import argparse
 
 from service import engine
 from service.engine import EngineLayout, EngineSettings
-from service.engine.record import FIXTURES_DIR, record_fixtures
+from service.engine.record import FIXTURES_DIR, record_fixtures, record_string_options
+
+
+def _record(base_url: str, model: str, only_string_options: bool) -> list:
+    paths = [] if only_string_options else record_fixtures(base_url, model, FIXTURES_DIR)
+    return [*paths, record_string_options(base_url, model, FIXTURES_DIR)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--base-url", help="a running engine's /v1 URL (default: start one)")
     parser.add_argument("--model", default="gemma-3-270m", help="served model name")
+    parser.add_argument(
+        "--string-options-only", action="store_true", help="only string_options.json"
+    )
     args = parser.parse_args()
     if args.base_url:
-        paths = record_fixtures(args.base_url, args.model, FIXTURES_DIR)
+        paths = _record(args.base_url, args.model, args.string_options_only)
     else:
         layout = EngineLayout.default()
         settings = EngineSettings(port=engine.free_port())
         engine.prepare(layout, settings)
         info = engine.start(settings, layout)
         try:
-            paths = record_fixtures(info.base_url, info.served_model_name, FIXTURES_DIR)
+            paths = _record(info.base_url, info.served_model_name, args.string_options_only)
         finally:
             engine.stop(layout, info.port)
     for path in paths:

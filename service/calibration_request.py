@@ -1,9 +1,9 @@
 """The request's optional `calibration` object, validated, and the plan it resolves to.
 
 Clients may send `calibration: {options?, idk_option?, mode?, abstain?, threshold?, task?,
-add_idk_option?, idk_text?}` next to the usual OpenAI fields. It is removed from the body before
-the body goes upstream (vLLM would reject an unknown field only in strict mode, but it has no
-business there).
+add_idk_option?, idk_text?, scoring?}` next to the usual OpenAI fields. It is removed from the
+body before the body goes upstream (vLLM would reject an unknown field only in strict mode,
+but it has no business there).
 
 `resolve_plan` merges, field by field, request > active profile > model configuration:
 what the caller asks for this request wins, then what was fitted for (model, task), then the
@@ -27,6 +27,7 @@ __all__ = ["CalibrationPlan", "CalibrationRequest", "parse_calibration", "resolv
 
 _MODES = ("options", "sequence")
 _POLICIES = ("annotate", "replace", "off")
+_SCORINGS = ("path", "likelihood")  # service.option_likelihood, docs/api.md
 _TASK_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 _KEYS = {
     "options",
@@ -37,6 +38,7 @@ _KEYS = {
     "task",
     "add_idk_option",
     "idk_text",
+    "scoring",
 }
 
 
@@ -52,6 +54,7 @@ class CalibrationRequest:
     task: str = "default"
     add_idk_option: bool | None = None
     idk_text: str | None = None
+    scoring: str | None = None  # "path" | "likelihood"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +70,7 @@ class CalibrationPlan:
     idk_message: str
     idk_added: bool = False  # the gateway added `idk_option` to the options: show it upstream
     idk_text: str | None = None  # how the added choice reads ("I don't know")
+    scoring: str = "path"  # options mode: "likelihood" scores each option after the prompt
 
 
 def _bad(message: str, param: str) -> APIError:
@@ -139,6 +143,10 @@ def parse_calibration(raw: Any) -> CalibrationRequest:
     ):
         raise _bad("`idk_text` must be a non-empty string of at most 200 characters.", "idk_text")
 
+    scoring = raw.get("scoring")
+    if scoring is not None and scoring not in _SCORINGS:
+        raise _bad("`scoring` must be 'path' or 'likelihood'.", "scoring")
+
     return CalibrationRequest(
         options=options,
         idk_option=idk,
@@ -148,6 +156,7 @@ def parse_calibration(raw: Any) -> CalibrationRequest:
         task=task,
         add_idk_option=add_idk,
         idk_text=idk_text.strip() if idk_text else None,
+        scoring=scoring,
     )
 
 
@@ -204,4 +213,5 @@ def resolve_plan(request: CalibrationRequest, profile: Any, config: ModelConfig)
         idk_message=config.idk_message,
         idk_added=idk_added and mode == "options",
         idk_text=idk_text,
+        scoring=request.scoring or getattr(config, "scoring", None) or "path",
     )

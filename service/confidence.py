@@ -15,6 +15,7 @@ answer is empty), `confidence` is null and `reason` says why; the answer is retu
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -48,6 +49,7 @@ class Outcome:
     profile_version: int
     reason: str | None = None
     features: dict[str, Any] = field(default_factory=dict)
+    scoring: str | None = None  # options mode: "path" or "likelihood" (what produced the probs)
 
     def public(self, calibration_id: str, *, withheld: bool = False) -> dict[str, Any]:
         """The `calibration` object of the response (field names are the API contract).
@@ -72,6 +74,8 @@ class Outcome:
         }
         if self.reason is not None:
             body["reason"] = self.reason
+        if self.scoring is not None:
+            body["scoring"] = self.scoring
         if withheld:
             body["withheld"] = True
         return body
@@ -133,9 +137,18 @@ def no_choice_outcome(plan: CalibrationPlan, profile: Any) -> Outcome:
 
 
 def calibrate_choice(
-    logprobs: Any, text: str | None, plan: CalibrationPlan, profile: Profile, model: str
+    logprobs: Any,
+    text: str | None,
+    plan: CalibrationPlan,
+    profile: Profile,
+    model: str,
+    likelihoods: Sequence[float] | None = None,
 ) -> Outcome:
-    """Score one choice's logprobs, calibrate with `profile`, decide abstention."""
+    """Score one choice's logprobs, calibrate with `profile`, decide abstention.
+
+    `likelihoods` (options mode, `scoring: "likelihood"`): each option's log-likelihood after the
+    prompt (`service.option_likelihood`); the generated text still decides the answer.
+    """
     # A profile fitted for the other mode cannot calibrate this score: fall back to identity.
     profile_mode = getattr(profile, "mode", None)
     if profile_mode and profile_mode != plan.mode and getattr(profile, "method", "none") != "none":
@@ -145,7 +158,7 @@ def calibrate_choice(
         return _empty(plan, profile, NO_LOGPROBS)
 
     if plan.mode == "options":
-        score = score_options(logprobs, plan.options or ())
+        score = score_options(logprobs, plan.options or (), likelihoods=likelihoods)
         if not score.found:
             outcome = _empty(plan, profile, NO_OPTION)
             outcome.features = _features(score)
@@ -180,4 +193,5 @@ def calibrate_choice(
         option_probs=_option_probs(plan.options, calibrated.option_probs),
         profile_version=int(getattr(profile, "version", 0) or 0),
         features=_features(score),
+        scoring=getattr(score, "scoring", None),
     )

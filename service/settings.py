@@ -102,6 +102,11 @@ class ModelConfig(BaseModel):
         "instead; off: never inject.",
     )
     top_logprobs: int = Field(20, ge=1, le=20, description="K requested from the upstream.")
+    scoring: Literal["path", "likelihood"] = Field(
+        "path",
+        description="Options mode: read the option distribution off the generated tokens "
+        "(path) or score every option's text after the prompt in one extra request (likelihood).",
+    )
 
     _empty_key = field_validator("api_key", "api_key_file", mode="before")(_empty_as_none)
 

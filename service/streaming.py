@@ -38,6 +38,7 @@ from service.choices import (
 )
 from service.confidence import Outcome, calibrate_choice
 from service.errors import APIError
+from service.option_likelihood import option_likelihoods_result
 from service.request_body import LogprobWish
 from service.shaping import trim_chat_choice, trim_completion_choice
 from service.upstream import UpstreamResponse, UpstreamTransportError, upstream_error_from
@@ -98,6 +99,8 @@ class StreamContext:
     on_done: Callable[[list[tuple[str, Outcome]] | None, float, APIError | None], None]
     n: int = 1  # choices per prompt
     echoed: tuple[str | int | None, ...] | None = None  # what vLLM echoes (service.choices)
+    likelihoods: Any = None  # scoring "likelihood": the task scoring the options (or None)
+    option_lps: list[float] | None = None  # its result, awaited before the first choice scores
     _choices: dict[int, _Choice] = field(default_factory=dict)
 
     def _echoed(self, index: int) -> str | int | None:
@@ -149,7 +152,9 @@ class StreamContext:
             plan = self.plan
             if plan.abstain == "replace":
                 plan = replace(plan, abstain="annotate")
-            acc.outcome = calibrate_choice(logprobs, text, plan, self.profile, self.model)
+            acc.outcome = calibrate_choice(
+                logprobs, text, plan, self.profile, self.model, likelihoods=self.option_lps
+            )
         return acc.outcome
 
     def outcomes(self, response_id: str) -> list[tuple[str, Outcome]]:
@@ -224,10 +229,14 @@ async def relay(
                     acc = ctx.absorb(index, choice)
                     trim(choice, ctx.wish)
                     if choice.get("finish_reason") is not None:
+                        if ctx.likelihoods is not None and ctx.option_lps is None:
+                            ctx.option_lps = await option_likelihoods_result(ctx.likelihoods)
                         outcome = ctx.calibrate(index, acc)
                         choice["calibration"] = outcome.public(choice_id(meta["id"], index))
             yield b"data: " + _dumps(chunk) + b"\n\n"
     except UpstreamTransportError as exc:
+        if ctx.likelihoods is not None:
+            ctx.likelihoods.cancel()
         error = upstream_error_from(exc)
         error.code = "upstream_stream_dropped"
         logger.warning("upstream stream broke: %s", error.message)
@@ -257,6 +266,7 @@ async def relay(
             "created": int(time.time()),
             "model": ctx.model,
         }
+    ctx.option_lps = await option_likelihoods_result(ctx.likelihoods)
     outcomes = ctx.outcomes(meta["id"])
     ctx.on_done(outcomes, upstream_s, None)
     final = usage_chunk if usage_chunk is not None else {**meta, "choices": []}

@@ -31,6 +31,10 @@ GATEWAY_MODELS = {
     "sp-off": {"system_prompt": "Answer with one word.", "system_prompt_policy": "off"},
     "aliased": {"served_name": "test-model"},
     "k5": {"options": ["A", "B", "C", "D"], "top_logprobs": 5},
+    "cities-likelihood": {
+        "options": ["New York", "New Delhi", "New Orleans"],
+        "scoring": "likelihood",
+    },
 }
 
 # Long enough for a loaded 2-core CI machine, shorter than the doubles' 3 s stalls.

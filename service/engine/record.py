@@ -133,3 +133,81 @@ def _stream(client: httpx.Client, endpoint: str, body: dict[str, Any]) -> list[d
             if line.startswith("data: ") and line != "data: [DONE]":
                 chunks.append(json.loads(line.removeprefix("data: ")))
     return chunks
+
+
+# -- string options (issue 20): shared prefixes, traps, multi-token answers, accents ----------
+
+STRING_OPTIONS_FILE = "string_options.json"
+
+
+def string_option_cases(model: str) -> list[dict[str, Any]]:
+    """Completions whose answers test matching answer strings to options.
+
+    ``expect`` is the option the text names (None: it names none). ``likelihood: true`` also
+    records the batched prompt-logprobs request `service.option_likelihood` sends.
+    """
+    greedy = {"model": model, "temperature": 0, "logprobs": 20}
+    cloze = {"max_tokens": 8, "stop": ["\n"]}
+
+    def ask(question: str) -> str:
+        return f"{_FEW_SHOT}Q: {question}\nA:"
+
+    return [
+        # The model starts the next question: "Q." must not be read as "Quito".
+        {"name": "q_trap", "options": ["Quito", "Lima", "Bogota"], "expect": None,
+         "request": greedy | {"prompt": "Q. What is the capital of Ecuador?\nA. Quito\n",
+                              "max_tokens": 4}},
+        # " New" starts all three options: followed to " York".
+        {"name": "new_york_shared", "options": ["New York", "New Delhi", "New Orleans"],
+         "expect": "New York", "likelihood": True,
+         "request": greedy | cloze | {
+             "prompt": ask("What is the largest city in the United States?")}},
+        # " Guatemala is a country": the country, not the option "Guatemala City".
+        {"name": "guatemala_trap", "options": ["Guatemala City", "Quetzaltenango", "San Salvador"],
+         "expect": None,
+         "request": greedy | {
+             "prompt": ask("What is the capital of Guatemala? Answer with the country's "
+                           "capital city."), "max_tokens": 6}},
+        # A wrong answer among options sharing " San".
+        {"name": "san_juan_shared", "options": ["Guatemala City", "San Juan", "San José",
+                                                "San Salvador"],
+         "expect": "San Juan",
+         "request": greedy | cloze | {"prompt": ask("What is the capital of Guatemala?")}},
+        # Four tokens, " Port" shared by every option.
+        {"name": "port_moresby_multi", "options": ["Port Louis", "Port Moresby", "Port Vila"],
+         "expect": "Port Moresby",
+         "request": greedy | cloze | {"prompt": ask("What is the capital of Papua New Guinea?")}},
+        # " Bog" "ota" names "Bogotá"; " Bogotá" is also listed as one token.
+        {"name": "bogota_accent", "options": ["Bogotá", "Lima", "Quito"], "expect": "Bogotá",
+         "likelihood": True,
+         "request": greedy | cloze | {"prompt": ask("What is the capital of Colombia?")}},
+        # " Mexico City" names the longer of "Mexico" and "Mexico City".
+        {"name": "mexico_city_longest", "options": ["Mexico", "Mexico City", "Guadalajara"],
+         "expect": "Mexico City", "likelihood": True,
+         "request": greedy | cloze | {"prompt": ask("What is the capital of Mexico?")}},
+    ]  # fmt: skip
+
+
+def record_string_options(base_url: str, model: str, out_dir: Path = FIXTURES_DIR) -> Path:
+    """Record `string_option_cases` into one fixture file."""
+    from service.option_likelihood import completion_request
+
+    root = base_url.rstrip("/").removesuffix("/v1")
+    cases = []
+    with httpx.Client(base_url=root, timeout=120) as client:
+        version = client.get("/version").json().get("version", "unknown")
+        for case in string_option_cases(model):
+            response = client.post("/v1/completions", json=case["request"])
+            response.raise_for_status()
+            record = {**case, "endpoint": "/v1/completions", "response": response.json()}
+            if case.get("likelihood"):
+                body = completion_request(case["request"], case["options"])
+                scored = client.post("/v1/completions", json=body)
+                scored.raise_for_status()
+                record["likelihood_request"] = body
+                record["likelihood_response"] = scored.json()
+            cases.append(record)
+    path = out_dir / STRING_OPTIONS_FILE
+    data = {"engine": f"vllm {version}", "cases": cases}
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    return path

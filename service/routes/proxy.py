@@ -46,6 +46,7 @@ from service.errors import APIError
 from service.idk_option import insert_in_messages, insert_in_prompt
 from service.images import validate_image_parts
 from service.model_list import list_models as model_list
+from service.option_likelihood import option_likelihoods_result, start_option_likelihoods
 from service.request_body import (
     LogprobWish,
     check_chat,
@@ -90,6 +91,12 @@ _CALIBRATION_SCHEMA = {
         "task": {"type": "string", "default": "default"},
         "add_idk_option": {"type": "boolean", "description": "Add an 'I don't know' choice."},
         "idk_text": {"type": "string", "description": "How the added choice reads."},
+        "scoring": {
+            "type": "string",
+            "enum": ["path", "likelihood"],
+            "description": "Options mode: read the option distribution off the generated tokens "
+            "(path) or score every option's text after the prompt (likelihood, one extra request).",
+        },
     },
 }
 
@@ -301,11 +308,13 @@ async def complete(request: Request, principal: Principal, legacy: bool) -> Resp
     started = clock()
     prep: _Prepared | None = None
     upstream_s: float | None = None
+    likelihoods = None  # scoring "likelihood": the options scored next to this request
     try:
         prep = await _prepare(request, legacy)
         upstream = request.app.state.upstream
         path = "completions" if legacy else "chat/completions"
         target = upstream.target(prep.config)  # base URL + this upstream's key
+        likelihoods = start_option_likelihoods(upstream, target, prep.plan, prep.content, legacy)
         t0 = clock()
         try:
             if prep.stream:
@@ -315,9 +324,14 @@ async def complete(request: Request, principal: Principal, legacy: bool) -> Resp
         finally:
             upstream_s = clock() - t0
         if prep.stream:
-            return _stream(request, principal, prep, stream, endpoint, started, upstream_s)
-        response = _finish(request, principal, prep, reply.body, legacy)
+            return _stream(
+                request, principal, prep, stream, endpoint, started, upstream_s, likelihoods
+            )
+        option_lps = await option_likelihoods_result(likelihoods)
+        response = _finish(request, principal, prep, reply.body, legacy, option_lps)
     except APIError as error:
+        if likelihoods is not None:
+            likelihoods.cancel()
         _observe_failure(
             prep.model if prep else None, endpoint, error, clock() - started, upstream_s
         )
@@ -334,6 +348,7 @@ def _stream(
     endpoint: str,
     started: float,
     upstream_s: float,
+    likelihoods: Any = None,
 ) -> StreamingResponse:
     def on_done(
         outcomes: list[tuple[str, Outcome]] | None, waited: float, error: APIError | None
@@ -358,6 +373,7 @@ def _stream(
         on_done=on_done,
         n=prep.n,
         echoed=prep.echoed,
+        likelihoods=likelihoods,
     )
     return StreamingResponse(
         relay(upstream_response, ctx, upstream_s),
@@ -367,7 +383,12 @@ def _stream(
 
 
 def _finish(
-    request: Request, principal: Principal, prep: _Prepared, body: Any, legacy: bool
+    request: Request,
+    principal: Principal,
+    prep: _Prepared,
+    body: Any,
+    legacy: bool,
+    option_lps: list[float] | None = None,
 ) -> Response:
     """Calibrate a complete upstream body, shape it for the client, record the predictions."""
     if not isinstance(body, dict):
@@ -385,7 +406,7 @@ def _finish(
     scored: list[tuple[str, Outcome, dict[str, Any]]] = []
     for position, choice in enumerate(choices if isinstance(choices, list) else ()):
         if isinstance(choice, dict):
-            scored.append(_finish_choice(cid, position, choice, prep, legacy))
+            scored.append(_finish_choice(cid, position, choice, prep, legacy, option_lps))
     if not legacy:
         trim_chat_body(body, prep.wish)
     if prep.config.served_name not in (None, prep.model):
@@ -407,7 +428,12 @@ def _finish(
 
 
 def _finish_choice(
-    cid: str, position: int, choice: dict[str, Any], prep: _Prepared, legacy: bool
+    cid: str,
+    position: int,
+    choice: dict[str, Any],
+    prep: _Prepared,
+    legacy: bool,
+    option_lps: list[float] | None,
 ) -> tuple[str, Outcome, dict[str, Any]]:
     """Score one choice (only what the model generated), withhold or trim it, attach its
     `calibration`."""
@@ -428,7 +454,9 @@ def _finish_choice(
         message = choice.get("message")
         content = message.get("content") if isinstance(message, dict) else None
         logprobs, text = choice.get("logprobs"), generated_text(content, echoed)
-    outcome = calibrate_choice(logprobs, text, prep.plan, prep.profile, prep.model)
+    outcome = calibrate_choice(
+        logprobs, text, prep.plan, prep.profile, prep.model, likelihoods=option_lps
+    )
 
     (trim_completion_choice if legacy else trim_chat_choice)(choice, prep.wish)
     withheld = outcome.abstained and prep.plan.abstain == "replace"

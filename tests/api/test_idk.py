@@ -80,7 +80,8 @@ def test_replace_policy_returns_the_idk_message(client, double):
 
 
 def test_per_request_with_custom_text_and_string_options(client, double):
-    steps = [(" No", -0.1, [(" No", -0.1), (" Lima", -2.5)])]
+    # The whole added choice is written: " No" alone would name no option.
+    steps = [(" No", -0.1, [(" No", -0.1), (" Lima", -2.5)]), (" idea", -0.2, [(" idea", -0.2)])]
     double.reply = JSONReply(chat_response(steps))
     messages = [{"role": "user", "content": "Capital of Brelmoria?\n- Lima\n- Oslo"}]
     calibration = {"options": ["Lima", "Oslo"], "add_idk_option": True, "idk_text": "No idea"}

@@ -27,7 +27,7 @@ def _responses(node: Any, options: list[str]) -> Iterator[tuple[dict, list[str]]
     if isinstance(node, dict):
         request = node.get("request")
         if isinstance(request, dict):
-            found = (request.get("calibration") or {}).get("options")
+            found = (request.get("calibration") or {}).get("options") or node.get("options")
             options = list(found) if found else options
         if isinstance(node.get("choices"), list):
             yield node, options
@@ -98,12 +98,13 @@ def test_option_scores_are_consistent_with_the_generated_tokens(
     assert probs.sum() == pytest.approx(1.0)
     assert score.raw_confidence == pytest.approx(probs[score.answer_index])
     # The sampled token is one of the answer's variants, so its mass is included.
-    sampled_lp = (
-        content[score.position]["logprob"]
+    # The generated tokens from the answer on are one way of writing the answer.
+    lps = (
+        [e["logprob"] for e in content]
         if content is not None
-        else choice["logprobs"]["token_logprobs"][score.position]
+        else list(choice["logprobs"]["token_logprobs"])
     )
-    assert score.option_logprobs[score.answer_index] >= sampled_lp - 1e-9
+    assert score.option_logprobs[score.answer_index] >= sum(lps[score.position :]) - 1e-9
     # Distinct real tokens are disjoint events: their masses cannot sum past 1.
     real = [lp for lp, cut in zip(score.option_logprobs, score.truncated, strict=True) if not cut]
     if len(labels) == len(options):
@@ -185,15 +186,20 @@ def test_recorded_free_form_city_scores_as_an_arbitrary_string_option() -> None:
     assert score.option_logprobs[3] == pytest.approx(min(top.values()))
 
 
-def test_recorded_multi_token_answer_is_located_by_its_first_token() -> None:
+def test_recorded_multi_token_answer_is_the_sum_along_its_tokens() -> None:
     choice = _load("completion_freeform_wrong")
     score = score_options(choice["logprobs"], ["Asunción", "Buenos Aires", "Montevideo"])
-    top = choice["logprobs"]["top_logprobs"][0]
+    lps = choice["logprobs"]["token_logprobs"]
+    tops = choice["logprobs"]["top_logprobs"]
+    assert choice["logprobs"]["tokens"][:2] == [" Buenos", " Aires"]
     assert score.answer == "Buenos Aires"
     assert score.position == 0
-    assert score.option_logprobs[1:] == pytest.approx((top[" Buenos"], top[" Montevideo"]))
-    # " A" is listed and could start "Asunción": a first-token variant by the prefix rule.
-    assert score.option_logprobs[0] == pytest.approx(top[" A"])
+    # The path " Buenos" " Aires", plus " aires" (case folded) where the path could have gone.
+    expected = np.logaddexp(lps[0] + lps[1], lps[0] + tops[1][" aires"])
+    assert score.option_logprobs[1] == pytest.approx(expected)
+    assert score.option_logprobs[2] == pytest.approx(tops[0][" Montevideo"])
+    # " A" is the only listed token that can start "Asunción": its own token where it departs.
+    assert score.option_logprobs[0] == pytest.approx(tops[0][" A"])
     assert score.truncated == (False, False, False)
 
 
@@ -203,3 +209,84 @@ def test_recorded_right_free_form_answer_is_more_confident_than_the_wrong_one() 
     assert right.raw_confidence > wrong.raw_confidence
     lps = _load("completion_freeform_right")["logprobs"]["token_logprobs"]
     assert right.raw_confidence == pytest.approx(math.exp(sum(lps) / len(lps)))
+
+
+# --- String options (string_options.json: traps, shared prefixes, multi-token, accents) ------
+
+
+def _string_cases() -> list[Any]:
+    path = FIXTURES / "string_options.json"
+    if not path.exists():
+        return [pytest.param(None, marks=pytest.mark.skip("string options not recorded"))]
+    return [pytest.param(c, id=c["name"]) for c in json.loads(path.read_text())["cases"]]
+
+
+def _likelihoods(case: dict) -> list[float]:
+    """Independent reading: the last prompt tokens, decoded, spell " " + the option."""
+    out = []
+    for option, choice in zip(case["options"], case["likelihood_response"]["choices"], strict=True):
+        entries = [next(iter(e.values())) for e in choice["prompt_logprobs"][1:]]
+        text, total = "", 0.0
+        for entry in reversed(entries):
+            text = entry["decoded_token"] + text
+            total += entry["logprob"]
+            if text == " " + option:
+                break
+        assert text == " " + option
+        out.append(total)
+    return out
+
+
+@pytest.mark.parametrize("case", _string_cases())
+def test_recorded_string_answers_name_the_expected_option(case: dict) -> None:
+    choice = case["response"]["choices"][0]
+    score = score_options(choice["logprobs"], case["options"])
+    assert score.answer == case["expect"]
+    if case["expect"] is None:
+        assert score.option_logprobs == ()
+        return
+    assert score.probs().sum() == pytest.approx(1.0)
+    assert score.raw_confidence == pytest.approx(score.probs()[score.answer_index])
+
+
+@pytest.mark.parametrize(
+    "case", [c for c in _string_cases() if c.values and c.values[0] and "likelihood_response"
+             in c.values[0]]
+)  # fmt: skip
+def test_recorded_likelihoods_are_read_from_the_prompt_logprobs(case: dict) -> None:
+    from service.option_likelihood import sum_option_logprobs
+
+    choices = case["likelihood_response"]["choices"]
+    ours = [
+        sum_option_logprobs(c["prompt_logprobs"], o)
+        for c, o in zip(choices, case["options"], strict=True)
+    ]
+    assert ours == pytest.approx(_likelihoods(case))
+    score = score_options(case["response"]["choices"][0]["logprobs"], case["options"],
+                          likelihoods=ours)  # fmt: skip
+    assert score.scoring == "likelihood"
+    assert score.answer == case["expect"]
+    assert score.probs().sum() == pytest.approx(1.0)
+    path = score_options(case["response"]["choices"][0]["logprobs"], case["options"])
+    # On these the two scorings agree on the likeliest option.
+    assert int(np.argmax(score.probs())) == int(np.argmax(path.probs()))
+
+
+def test_recorded_shared_prefix_is_read_where_the_options_depart() -> None:
+    case = next(c.values[0] for c in _string_cases() if c.id == "new_york_shared")
+    logprobs = case["response"]["choices"][0]["logprobs"]
+    assert logprobs["tokens"][:2] == [" New", " York"]
+    score = score_options(logprobs, case["options"])
+    lps, tops = logprobs["token_logprobs"], logprobs["top_logprobs"]
+    # The path, plus the other spellings listed where it could have gone (" york", not "York").
+    spellings = [lp for t, lp in tops[1].items() if ("New" + t).casefold() == "new york"]
+    assert len(spellings) == 2
+    assert score.option_logprobs[0] == pytest.approx(np.logaddexp.reduce([lps[0] + lp for lp in
+                                                                           spellings]))  # fmt: skip
+    # New Delhi and New Orleans share " New" with the path and depart at the second token:
+    # " Orleans" is listed; " Delhi" is not, so the longest listed start of it stands in (here
+    # "-": hyphens read as spaces).
+    assert score.option_logprobs[2] == pytest.approx(lps[0] + tops[1][" Orleans"])
+    starts = [t for t in tops[1] if "new delhi".startswith(("New" + t.replace("-", " ")).lower())]
+    own = max(starts, key=lambda t: len(t.strip()))
+    assert score.option_logprobs[1] == pytest.approx(lps[0] + tops[1][own])

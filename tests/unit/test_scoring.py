@@ -204,7 +204,7 @@ def test_arbitrary_string_options_match_their_normalized_label() -> None:
     assert score.truncated == (False, False, True)
 
 
-def test_first_token_of_a_multi_token_option_is_its_answer_position() -> None:
+def test_a_multi_token_option_sums_its_token_logprobs_from_its_first_token() -> None:
     content = [
         chat_step(" Burk", -0.4, {" Burk": -0.4, " Mali": -1.3, " Niger": -2.2}),
         chat_step("ina", -0.01, {"ina": -0.01}),
@@ -213,31 +213,33 @@ def test_first_token_of_a_multi_token_option_is_its_answer_position() -> None:
     score = score_options(content, ["Burkina Faso", "Mali", "Niger"])
     assert score.answer == "Burkina Faso"
     assert score.position == 0
-    assert score.option_logprobs == pytest.approx((-0.4, -1.3, -2.2))
+    # The whole sequence's probability (sum), the others where they depart from the path.
+    assert score.option_logprobs == pytest.approx((-0.42, -1.3, -2.2))
+    assert score.scoring == "path"
 
 
-def test_a_prefix_shared_by_two_options_is_not_an_answer_but_scores_both() -> None:
+def test_a_shared_first_token_is_followed_to_where_the_options_depart() -> None:
     content = [
         chat_step(" Bur", -0.5, {" Bur": -0.5, " Mali": -1.0}),
-        chat_step("undi", -0.1, {"undi": -0.1}),
-        chat_step(" Mali", -3.0, {" Mali": -3.0, " Burundi": -0.2}),
+        chat_step("undi", -0.1, {"undi": -0.1, "kina": -2.5}),
+        chat_step(" Mali", -3.0, {" Mali": -3.0, ".": -0.2}),
     ]
     score = score_options(content, ["Burkina Faso", "Burundi", "Mali"])
-    # " Bur" names two options, "undi" none: the answer is the first unambiguous token.
-    assert score.answer == "Mali"
-    assert score.position == 2
-    # At that position " Burundi" names Burundi only.
-    assert score.option_logprobs[1] == pytest.approx(-0.2)
+    # " Bur" + "undi" spells Burundi, ending at a token boundary: that is the answer.
+    assert score.answer == "Burundi"
+    assert score.position == 0
+    # Burkina Faso shares " Bur" and departs at "kina"; Mali departs at the first token.
+    assert score.option_logprobs == pytest.approx((-0.5 - 2.5, -0.6, -1.0))
+    assert score.truncated == (False, False, False)
 
 
-def test_colliding_first_tokens_are_scored_together() -> None:
+def test_the_longest_listed_piece_is_an_options_own_token() -> None:
     content = [chat_step(" Burundi", -0.7, {" Burundi": -0.7, " Bur": -0.9, " Mali": -1.0})]
     score = score_options(content, ["Burundi", "Mali", "Burkina Faso"])
     assert score.answer == "Burundi"
-    # " Bur" could start either country: its mass counts for both.
-    assert score.option_logprobs[0] == pytest.approx(lse(-0.7, -0.9))
-    assert score.option_logprobs[2] == pytest.approx(-0.9)
-    assert not score.truncated[2]
+    # " Bur" is the longest listed start of Burkina Faso: its own token where it departs.
+    assert score.option_logprobs == pytest.approx((-0.7, -1.0, -0.9))
+    assert not any(score.truncated)
 
 
 def test_probs_are_the_softmax_of_option_logprobs_at_temperature() -> None:
