@@ -31,8 +31,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
-
 from calibrators import (
     Candidate,
     Evaluation,
@@ -45,7 +43,6 @@ from calibrators import (
 from service.prompt_opt.evaluation import Replayer
 from service.prompt_opt.items import LabeledItem
 from service.store import Store
-from service.store import schema as _schema
 from service.store.records import utcnow
 
 __all__ = [
@@ -60,9 +57,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-_J = _schema.prompt_opt_jobs
-_V = _schema.prompt_opt_evaluations
 
 #: The paper's seeds.
 DEFAULT_SEEDS = ("The answer might be", "The answer must be")
@@ -132,64 +126,50 @@ def create_job(
     now = utcnow()
     items = {"search": [i.to_dict() for i in search], "heldout": [i.to_dict() for i in heldout]}
     state = {"phase": "queued", "paraphrases": [], "evaluations": 0, "result": None}
-    with store.engine.begin() as conn:
-        conn.execute(
-            sa.insert(_J).values(
-                id=job_id,
-                model=model,
-                task=task,
-                status="queued",
-                config=config.to_dict(),
-                items=items,
-                state=state,
-                created_at=now,
-                updated_at=now,
-            )
-        )
+    store.prompt_jobs.create_job(
+        id=job_id,
+        model=model,
+        task=task,
+        status="queued",
+        config=config.to_dict(),
+        items=items,
+        state=state,
+        created_at=now,
+        updated_at=now,
+    )
     return job_id
 
 
 def _row(store: Store, job_id: str) -> Any:
-    with store.engine.connect() as conn:
-        row = conn.execute(sa.select(_J).where(_J.c.id == job_id)).mappings().first()
+    row = store.prompt_jobs.get_job(job_id)
     if row is None:
         raise JobNotFound(job_id)
     return row
 
 
 def _evaluations(store: Store, job_id: str) -> list[Any]:
-    with store.engine.connect() as conn:
-        return list(
-            conn.execute(sa.select(_V).where(_V.c.job_id == job_id).order_by(_V.c.created_at))
-            .mappings()
-            .all()
-        )
+    return store.prompt_jobs.evaluations(job_id)
 
 
 def _update(store: Store, job_id: str, **values: Any) -> None:
-    with store.engine.begin() as conn:
-        conn.execute(sa.update(_J).where(_J.c.id == job_id).values(updated_at=utcnow(), **values))
+    store.prompt_jobs.update_job(job_id, **values)
 
 
 def _insert_evaluation(
     store: Store, job_id: str, split: str, prompt: str | None, result: Evaluation, **extra: Any
 ) -> None:
-    with store.engine.begin() as conn:
-        conn.execute(
-            sa.insert(_V).values(
-                job_id=job_id,
-                split=split,
-                prompt_key=_key(prompt),
-                prompt=prompt or "",
-                accuracy=float(result.accuracy),
-                ece=_finite(float(result.ece)),
-                n=int(result.n),
-                round=extra.get("round", -1),
-                ord=extra.get("order", -1),
-                parent=extra.get("parent"),
-                created_at=utcnow(),
-            )
-        )
+    store.prompt_jobs.add_evaluation(
+        job_id,
+        split=split,
+        prompt_key=_key(prompt),
+        prompt=prompt or "",
+        accuracy=float(result.accuracy),
+        ece=_finite(float(result.ece)),
+        n=int(result.n),
+        round=extra.get("round", -1),
+        ord=extra.get("order", -1),
+        parent=extra.get("parent"),
+    )
 
 
 def mark_queued(store: Store, job_id: str) -> None:
