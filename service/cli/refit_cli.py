@@ -16,16 +16,15 @@ lease another replica holds is skipped), 1 when an attempt failed or the store i
 
 from __future__ import annotations
 
-import secrets
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from service.profile_operations import rollback as rollback_version
 from service.settings import load_settings
-from service.store import ProfileEvent, ProfileNotFound, Store, StoreError
-from service.store.records import utcnow
+from service.store import ProfileNotFound, Store, StoreError
 
 app = typer.Typer(help="Profile versions: history and rollback.", no_args_is_help=True)
 
@@ -156,32 +155,16 @@ def rollback(
     """
     _, store = _open(db, config)
     try:
-        previous = store.active_version(model, task)
         try:
-            store.activate_profile_version(model, task, version)
+            done = rollback_version(
+                store, model, task, version, by="calib profile rollback", trigger="cli"
+            )
         except ProfileNotFound as error:
             _err.print(f"[red]{error}[/red]")
             raise typer.Exit(1) from None
-        was = previous.version if previous is not None else None
-        now = utcnow()
-        reason = f"rollback: version {version} re-activated (was {was}) by calib profile rollback"
-        store.add_event(
-            ProfileEvent(
-                id=f"rollback_{secrets.token_hex(8)}",
-                model=model,
-                task=task,
-                kind="rollback",
-                status="activated",
-                started_at=now,
-                trigger="cli",
-                reason=reason,
-                version=version,
-                finished_at=now,
-            )
-        )
     except StoreError as error:
         _err.print(f"[red]store error: {error}[/red]")
         raise typer.Exit(1) from None
     finally:
         store.close()
-    _out.print(f"{model}/{task}: version {version} is active (was {was})")
+    _out.print(f"{model}/{task}: version {version} is active (was {done.previous})")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
-import secrets
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
@@ -27,13 +26,13 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from service import profile_operations
 from service.auth import Principal, authenticate, require_admin
 from service.errors import APIError
 from service.refit.job import served_profile
 from service.refit.runner import RefitRunner, outcome_from_event
 from service.reliability import reliability_report, render_reliability_svg
 from service.store import ProfileEvent, ProfileNotFound, ProfileVersion, Store, StoreError
-from service.store.records import utcnow
 
 __all__ = ["router"]
 
@@ -158,26 +157,6 @@ def _not_found(model: str, task: str) -> APIError:
         param="model",
         code="model_not_found",
     )
-
-
-async def _record_event(
-    request: Request, model: str, task: str, kind: str, reason: str, version: int
-) -> None:
-    now = utcnow()
-    event = ProfileEvent(
-        id=f"{kind}_{secrets.token_hex(8)}",
-        model=model,
-        task=task,
-        kind=kind,
-        status="activated",
-        started_at=now,
-        trigger="api",
-        reason=reason,
-        version=version,
-        finished_at=now,
-    )
-    await _store_call(_store(request).add_event, event)
-    _runner(request).invalidate(model)
 
 
 # ----------------------------------------------------------------------------- list, show
@@ -391,11 +370,17 @@ async def put_profile(
     edited, said = _apply_update(
         dataclasses.replace(base, task=task), update, update.model_fields_set
     )
-    reason = f"manual: {', '.join(said)} (by {principal.name})"
     saved = await _store_call(
-        store.save_profile, edited, activate=True, reason=reason, metrics=edited.metrics
+        profile_operations.save_manual_edit,
+        store,
+        model,
+        task,
+        edited,
+        said,
+        by=principal.name,
+        trigger="api",
     )
-    await _record_event(request, model, task, "manual", reason, saved.version)
+    _runner(request).invalidate(model)
     version = await _store_call(store.profile_version, model, task, saved.version)
     return {"object": "calibration.profile", "model": model, "task": task, **_version_body(version)}
 
@@ -425,9 +410,16 @@ async def rollback(
     principal: Principal = Depends(require_admin),
 ) -> dict[str, Any]:
     store = _store(request)
-    previous = await _store_call(store.active_version, model, body.task)
     try:
-        await _store_call(store.activate_profile_version, model, body.task, body.version)
+        done = await _store_call(
+            profile_operations.rollback,
+            store,
+            model,
+            body.task,
+            body.version,
+            by=principal.name,
+            trigger="api",
+        )
     except ProfileNotFound:
         raise APIError(
             404,
@@ -435,15 +427,13 @@ async def rollback(
             param="version",
             code="version_not_found",
         ) from None
-    was = previous.version if previous is not None else None
-    reason = f"rollback: version {body.version} re-activated (was {was}) by {principal.name}"
-    await _record_event(request, model, body.task, "rollback", reason, body.version)
+    _runner(request).invalidate(model)
     version = await _store_call(store.profile_version, model, body.task, body.version)
     return {
         "object": "calibration.profile",
         "model": model,
         "task": body.task,
-        "previous_version": was,
+        "previous_version": done.previous,
         **_version_body(version),
     }
 

@@ -12,7 +12,7 @@ from prometheus_client.core import Metric
 
 from calibrators import Profile
 from calibrators.refit import LabeledSet, RefitPolicy, refit_profile
-from service.metrics import HEALTH_METRIC_NAMES, CalibrationCollector, CalibrationState
+from service.calibration_health import HEALTH_METRIC_NAMES, CalibrationCollector, CalibrationState
 from service.store import RefitTally
 
 

@@ -15,13 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from calibrators import Profile
 from service import metrics
-from service.metrics import (
-    REGISTRY,
-    CalibrationCollector,
-    CalibrationState,
-    exported_series_names,
-    render_metrics,
-)
+from service.calibration_health import CalibrationCollector, CalibrationState
+from service.metrics import REGISTRY, exported_series_names, render_metrics
 from service.routes.metrics import router
 from service.store import RefitTally
 

@@ -20,7 +20,7 @@ from fastapi import FastAPI
 
 from calibrators import Profile
 from service import metrics
-from service.metrics import CalibrationState
+from service.calibration_health import CalibrationState
 from service.routes.metrics import router
 from tests.deploy.paths import DASHBOARD, PROMETHEUS_DIR
 from tests.processes import prometheus_query, running_prometheus, wait_for
