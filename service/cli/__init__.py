@@ -1,1 +1,1 @@
-"""Server-side command groups mounted by the `calib` CLI (see clients/cli.py)."""
+"""Server commands of `calib`, one module per command (mounted by clients/cli/app.py)."""

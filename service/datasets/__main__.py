@@ -1,3 +1,3 @@
-from service.datasets.cli import app
+from service.cli.dataset import app
 
 app(prog_name="calib dataset")

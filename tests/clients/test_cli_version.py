@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from clients.server_extra import is_missing_dependency
+from clients.cli.server_extra import is_missing_dependency
 from service.version import __version__
 
 

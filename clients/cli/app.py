@@ -1,18 +1,19 @@
-"""The `calib` command line: one entry point for users and operators.
+"""The `calib` command line, assembled in one place: users' and operators' commands.
 
-Client commands (demo, report) talk HTTP to a running gateway. Server-side command groups
-(serve, engine, keys, refit) are defined in `service.cli.*` and only mounted here: the CLI is the
-one place allowed to launch the service, and it does so through those entry points only.
+Client commands (`clients.cli.*`: demo, report) talk HTTP to a running gateway. Server commands
+(`service.cli.*`: serve, engine, keys, dataset, refit, profile, optimize-prompt) are defined
+there and only mounted here: the CLI is the one place allowed to launch the service, and it does
+so through those entry points only.
 
 `pip install mllm-calib` (no `server` extra) gives `calib --version`; every other command then
-says to install the server extra (clients/server_extra.py).
+says to install the server extra (clients/cli/server_extra.py).
 """
 
 from __future__ import annotations
 
 import typer
 
-from clients.server_extra import is_missing_dependency, mount_unavailable
+from clients.cli.server_extra import is_missing_dependency, mount_unavailable
 from service.version import __version__
 
 app = typer.Typer(
@@ -55,24 +56,19 @@ _SERVER_COMMANDS = [
 ]
 
 try:
-    from clients import demo_cli, report_cli
-    from service.cli import engine_cli, keys_cli, optimize_cli, refit_cli, serve_cli
-    from service.datasets import cli as dataset_cli
+    from clients.cli import demo, report
+    from service.cli import dataset, engine, keys, optimize_prompt, refit, serve
 except ModuleNotFoundError as exc:  # the client-only install: no `server` extra
     if not is_missing_dependency(exc):
         raise
     mount_unavailable(app, _SERVER_COMMANDS, exc)
 else:
-    app.add_typer(engine_cli.app, name="engine")
-    app.add_typer(keys_cli.app, name="keys")
-    app.add_typer(dataset_cli.app, name="dataset")
-    app.command("serve")(serve_cli.serve)
-    app.command("refit")(refit_cli.refit)
-    app.command("optimize-prompt")(optimize_cli.optimize_prompt)
-    app.add_typer(refit_cli.app, name="profile")
-    app.command("demo")(demo_cli.demo)
-    app.command("report")(report_cli.report)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    app()
+    app.add_typer(engine.app, name="engine")
+    app.add_typer(keys.app, name="keys")
+    app.add_typer(dataset.app, name="dataset")
+    app.command("serve")(serve.serve)
+    app.command("refit")(refit.refit)
+    app.command("optimize-prompt")(optimize_prompt.optimize_prompt)
+    app.add_typer(refit.app, name="profile")
+    app.command("demo")(demo.demo)
+    app.command("report")(report.report)
