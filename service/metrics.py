@@ -1,4 +1,4 @@
-"""Every Prometheus metric the gateway exports, declared once, here (DESIGN §5, docs/metrics.md).
+"""Every Prometheus metric the gateway exports, declared once, here (docs/metrics.md).
 
 Two kinds of metrics, with two ways of being correct when uvicorn runs several workers:
 

@@ -24,7 +24,7 @@ from service.store import RefitTally
 #: own label value; see test_only_known_models_get_a_label_of_their_own).
 metrics.set_known_models("test_metrics_exposition", ["expo", "arith", "noup"])
 
-# The metric names of DESIGN §5 / issue 5, as series names (the contract the dashboard relies on).
+# The metric names of docs/metrics.md, as series names (the contract the dashboard relies on).
 CONTRACT = {
     "calib_requests_total",
     "calib_request_duration_seconds_bucket",

@@ -289,7 +289,7 @@ def test_gpu_engine_is_the_official_image_with_a_gpu_and_enough_logprobs() -> No
     command = [str(a) for a in vllm["command"]]
     assert command[0] == read_env_file()["VLLM_MODEL"]
     assert int(command[command.index("--max-logprobs") + 1]) >= 20
-    assert "--logprobs-mode" not in command  # default raw_logprobs: DESIGN §3
+    assert "--logprobs-mode" not in command  # default raw_logprobs: docs/architecture.md
     assert "/health" in " ".join(vllm["healthcheck"]["test"])
     assert any(v.endswith(":/root/.cache/huggingface") for v in vllm["volumes"])
 
