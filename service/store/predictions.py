@@ -194,12 +194,7 @@ class PredictionRepository:
             .where(_P.c.model == model, _not_from_revoked_key())
             .order_by(_F.c.created_at.desc(), _P.c.id)
         )
-        if task is not None:
-            query = query.where(_P.c.task == task)
-        if since is not None:
-            query = query.where(_F.c.created_at >= since)
-        if limit is not None:
-            query = query.limit(limit)
+        query = _window(query, task, since, limit)
         with self._db.tx() as conn:
             rows = conn.execute(query).mappings().all()
         return [
@@ -240,12 +235,7 @@ class PredictionRepository:
             # on SQLite; ties only matter for which equal-time labels fall at the limit.
             .order_by(_F.c.created_at.desc())
         )
-        if task is not None:
-            query = query.where(_P.c.task == task)
-        if since is not None:
-            query = query.where(_F.c.created_at >= since)
-        if limit is not None:
-            query = query.limit(limit)
+        query = _window(query, task, since, limit)
         with self._db.tx() as conn:
             result = conn.execution_options(yield_per=batch_size).execute(query)
             for partition in result.partitions():
@@ -309,6 +299,19 @@ class PredictionRepository:
         with self._db.tx() as conn:
             rows = conn.execute(query).all()
         return [float(row[0]) for row in rows], [float(row[1]) for row in rows]
+
+
+def _window(
+    query: sa.Select[Any], task: str | None, since: datetime | None, limit: int | None
+) -> sa.Select[Any]:
+    """Labels of `task` (None: every task) given at or after `since`, at most `limit`."""
+    if task is not None:
+        query = query.where(_P.c.task == task)
+    if since is not None:
+        query = query.where(_F.c.created_at >= since)
+    if limit is not None:
+        query = query.limit(limit)
+    return query
 
 
 def _not_from_revoked_key() -> Any:
