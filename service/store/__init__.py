@@ -1,7 +1,9 @@
-"""The gateway's durable store: predictions, feedback, profile versions and API keys.
+"""The gateway's durable store: predictions, feedback, profile versions, events, API keys,
+leases and prompt-optimization jobs — the only package that runs SQL.
 
-SQLAlchemy 2 + Alembic; SQLite (WAL) by default, PostgreSQL (psycopg 3) for several replicas.
-See docs/store.md.
+`Store` is a thin facade over one repository per aggregate sharing one `Database` (transaction
+helper and error translation). SQLAlchemy 2 + Alembic; SQLite (WAL) by default, PostgreSQL
+(psycopg 3) for several replicas. See docs/store.md and docs/architecture.md.
 """
 
 from service.store.errors import (
