@@ -10,7 +10,7 @@ what the caller asks for this request wins, then what was fitted for (model, tas
 operator's static configuration.
 
 `add_idk_option` (request, else the model's configuration) makes the gateway add an "I don't
-know" choice to the options and show it to the model (`service.idk_option`, docs/idk.md).
+know" choice to the options and show it to the model (`_idk.py`, docs/idk.md).
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.errors import APIError
-from service.idk_option import choose_label
+from service.proxy._idk import choose_label
 from service.settings import ModelConfig
 
 __all__ = ["CalibrationPlan", "CalibrationRequest", "parse_calibration", "resolve_plan"]
 
 _MODES = ("options", "sequence")
 _POLICIES = ("annotate", "replace", "off")
-_SCORINGS = ("path", "likelihood")  # service.option_likelihood, docs/api.md
+_SCORINGS = ("path", "likelihood")  # _likelihood.py, docs/api.md
 _TASK_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 _KEYS = {
     "options",

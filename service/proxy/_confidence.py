@@ -20,9 +20,19 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from calibrators import Profile, apply_profile, score_options, score_sequence
-from service.calibration_request import CalibrationPlan
+from service.proxy._plan import CalibrationPlan
 
-__all__ = ["Outcome", "calibrate_choice", "no_choice_outcome"]
+__all__ = [
+    "Outcome",
+    "calibrate_choice",
+    "choice_id",
+    "choice_index",
+    "echoed_count",
+    "echoed_in_first_chunk",
+    "generated_completion",
+    "generated_text",
+    "no_choice_outcome",
+]
 
 # Why `confidence` can be null (the `reason` field of the calibration object).
 NO_LOGPROBS = "upstream_returned_no_logprobs"
@@ -147,7 +157,7 @@ def calibrate_choice(
     """Score one choice's logprobs, calibrate with `profile`, decide abstention.
 
     `likelihoods` (options mode, `scoring: "likelihood"`): each option's log-likelihood after the
-    prompt (`service.option_likelihood`); the generated text still decides the answer.
+    prompt (`_likelihood.py`); the generated text still decides the answer.
     """
     # A profile fitted for the other mode cannot calibrate this score: fall back to identity.
     profile_mode = getattr(profile, "mode", None)
@@ -195,3 +205,88 @@ def calibrate_choice(
         features=_features(score),
         scoring=getattr(score, "scoring", None),
     )
+
+
+# ---------------------------------------------- each choice: its id, only what was generated
+# Each choice of a response, as the calibrators should see it: its own id, and only what the
+# model generated.
+#
+# Every choice is scored and recorded on its own (`n > 1`, or a list of prompts on
+# `/v1/completions`). Choice 0 keeps the response id as its calibration id (the top-level
+# `calibration` stays choice 0's, as before); choice i > 0 gets `<response id>-<i>`.
+#
+# With `echo`, vLLM returns the prompt in front of the answer: in the text, and on
+# `/v1/completions` also in the logprobs (one entry per prompt token). Scoring those would mix the
+# prompt's likelihood into the answer's confidence, so they are cut off first.
+
+
+def choice_id(response_id: str, index: int) -> str:
+    """The calibration (feedback) id of choice `index`."""
+    return response_id if index == 0 else f"{response_id}-{index}"
+
+
+def choice_index(choice: dict[str, Any], position: int) -> int:
+    """The choice's own `index`, else its position in the list."""
+    index = choice.get("index")
+    if isinstance(index, int) and not isinstance(index, bool) and index >= 0:
+        return index
+    return position
+
+
+def echoed_count(echoed: str | int | None) -> int | None:
+    """The number of echoed prompt tokens when the prompt was token ids (else unknown)."""
+    return echoed if isinstance(echoed, int) and not isinstance(echoed, bool) else None
+
+
+def echoed_in_first_chunk(echoed: str | int | None, text: Any, tokens: Any) -> int | None:
+    """How many of the tokens of a choice's first streamed chunk are the echoed prompt.
+
+    That chunk holds the prompt and the first answer tokens (usually one). A token-id prompt
+    gives the count; for a text prompt, the answer's part of the chunk text (after the prompt)
+    is matched by tokens from the end. None: no logprobs to split.
+    """
+    count = echoed_count(echoed)
+    if count is not None:
+        return count
+    if not isinstance(tokens, list) or not tokens:
+        return None
+    answered = 1
+    if isinstance(echoed, str) and isinstance(text, str) and text.startswith(echoed):
+        answer = len(text) - len(echoed)
+        answered, length = 0, 0
+        while answered < len(tokens) and length < answer:
+            token = tokens[-1 - answered]
+            length += len(token) if isinstance(token, str) else 0
+            answered += 1
+        answered = max(answered, 1)
+    return max(len(tokens) - answered, 0)
+
+
+def generated_text(text: Any, echoed: str | int | None) -> str | None:
+    """The choice's text without the echoed prompt."""
+    if not isinstance(text, str):
+        return None
+    if isinstance(echoed, str) and echoed and text.startswith(echoed):
+        return text[len(echoed) :]
+    return text
+
+
+def generated_completion(
+    logprobs: Any, text: Any, n_prompt: int | None, echoed: str | int | None
+) -> tuple[Any, str | None]:
+    """(logprobs, text) of a `/v1/completions` choice without its first `n_prompt` (echoed)
+    tokens. `n_prompt` None: no echo, or the number is unknown (everything is scored)."""
+    if not n_prompt:
+        return logprobs, generated_text(text, echoed)
+    tokens: Any = None
+    if isinstance(logprobs, dict):
+        tokens = logprobs.get("tokens")
+        logprobs = {
+            key: value[n_prompt:] if isinstance(value, list) else value
+            for key, value in logprobs.items()
+        }
+    out = generated_text(text, echoed)
+    if out is not None and not isinstance(echoed, str) and isinstance(tokens, list):
+        # The prompt's text is unknown (token ids): the answer is its tokens' text.
+        out = "".join(t for t in tokens[n_prompt:] if isinstance(t, str))
+    return logprobs, out
