@@ -45,7 +45,7 @@ class IsotonicCalibrator:
         """Calibrated probability of being correct, shape ``(n,)``."""
         xs, ys = self._check_fitted()
         x = np.asarray(raw_confidence, dtype=float).reshape(-1)
-        return np.clip(np.interp(x, xs, ys), _EPS, 1.0 - _EPS)
+        return np.asarray(np.clip(np.interp(x, xs, ys), _EPS, 1.0 - _EPS))
 
     def _predict_scalar(self, raw: float) -> float:
         """One confidence (request path)."""

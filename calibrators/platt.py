@@ -21,7 +21,7 @@ _EPS = 1e-6  # raw confidences are clipped to [eps, 1 - eps] before the logit
 
 def _logit(raw: Any) -> np.ndarray:
     p = np.clip(np.asarray(raw, dtype=float).reshape(-1), _EPS, 1.0 - _EPS)
-    return np.log(p) - np.log1p(-p)
+    return np.asarray(np.log(p) - np.log1p(-p))
 
 
 class PlattScaler:
@@ -75,7 +75,7 @@ class PlattScaler:
     def predict_proba(self, raw_confidence: Any) -> np.ndarray:
         """Calibrated probability of being correct, shape ``(n,)``."""
         coef, intercept = self._check_fitted()
-        return expit(coef * _logit(raw_confidence) + intercept)
+        return np.asarray(expit(coef * _logit(raw_confidence) + intercept), dtype=float)
 
     def _predict_scalar(self, raw: float) -> float:
         """One confidence without numpy overhead (request path)."""

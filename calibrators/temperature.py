@@ -258,7 +258,7 @@ class TemperatureScaler:
         matrix = _as_logprob_matrix(option_logprobs) / temperature
         matrix = matrix - matrix.max(axis=1, keepdims=True)
         exps = np.exp(matrix)
-        return exps / exps.sum(axis=1, keepdims=True)
+        return np.asarray(exps / exps.sum(axis=1, keepdims=True))
 
     def confidence(self, option_logprobs: Any, chosen: Any) -> np.ndarray:
         """Calibrated probability of the chosen option per row ``(n,)``."""

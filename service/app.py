@@ -22,6 +22,7 @@ import inspect
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -155,7 +156,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def _telemetry_options(settings: Settings) -> dict[str, object]:
+def _telemetry_options(settings: Settings) -> dict[str, Any]:
     """FastAPI's native OpenTelemetry switched off unless asked for (older FastAPI has none)."""
     if settings.opentelemetry or "telemetry" not in inspect.signature(FastAPI).parameters:
         return {}

@@ -101,7 +101,7 @@ def _vllm_extras(body: dict[str, Any]) -> tuple[bool, int | None, bool]:
 
 
 def _int_in(body: dict[str, Any], key: str, lo: int, hi: int | None) -> int | None:
-    value = body.get(key)
+    value: object = body.get(key)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):

@@ -1,4 +1,5 @@
-"""From one upstream choice to the response's `calibration` object (DESIGN §3).
+"""From one upstream choice to the response's `calibration` object (docs/architecture.md,
+"Confidence math").
 
 All the math lives in `calibrators` (`score_options` / `score_sequence` → raw score,
 `apply_profile` → calibrated confidence). This module only decides *which* score to take, turns
@@ -19,7 +20,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from calibrators import Profile, apply_profile, score_options, score_sequence
+from calibrators import (
+    AbstainReason,
+    Method,
+    Mode,
+    OptionScore,
+    Profile,
+    Scoring,
+    SequenceScore,
+    apply_profile,
+    score_options,
+    score_sequence,
+)
 from service.proxy._plan import CalibrationPlan
 
 __all__ = [
@@ -45,21 +57,21 @@ NO_CHOICES = "upstream_returned_no_choices"
 class Outcome:
     """The calibration of one response: the public object plus what the store records."""
 
-    mode: str
+    mode: Mode
     task: str
     confidence: float | None
     raw_confidence: float | None
-    method: str
+    method: Method
     temperature: float | None
     threshold: float | None
     abstained: bool
-    abstain_reason: str | None
+    abstain_reason: AbstainReason | None
     answer: str | None  # option label (options mode) or the answer text (sequence mode)
     option_probs: dict[str, float] | None
     profile_version: int
     reason: str | None = None
     features: dict[str, Any] = field(default_factory=dict)
-    scoring: str | None = None  # options mode: "path" or "likelihood" (what produced the probs)
+    scoring: Scoring | None = None  # options mode: "path" or "likelihood" (what produced the probs)
 
     def public(self, calibration_id: str, *, withheld: bool = False) -> dict[str, Any]:
         """The `calibration` object of the response (field names are the API contract).
@@ -119,29 +131,25 @@ def _option_probs(options: tuple[str, ...] | None, probs: Any) -> dict[str, floa
     return {label: float(p) for label, p in zip(options, values, strict=True)}
 
 
-def _empty(plan: CalibrationPlan, profile: Any, reason: str) -> Outcome:
+def _empty(plan: CalibrationPlan, profile: Profile, reason: str) -> Outcome:
     return Outcome(
         mode=plan.mode,
         task=plan.task,
         confidence=None,
         raw_confidence=None,
-        method=getattr(profile, "method", "none") or "none",
+        method=profile.method,
         temperature=None,
-        threshold=plan.threshold if plan.threshold is not None else _profile_threshold(profile),
+        threshold=plan.threshold if plan.threshold is not None else _finite(profile.threshold),
         abstained=False,
         abstain_reason=None,
         answer=None,
         option_probs=None,
-        profile_version=int(getattr(profile, "version", 0) or 0),
+        profile_version=profile.version,
         reason=reason,
     )
 
 
-def _profile_threshold(profile: Any) -> float | None:
-    return _finite(getattr(profile, "threshold", None))
-
-
-def no_choice_outcome(plan: CalibrationPlan, profile: Any) -> Outcome:
+def no_choice_outcome(plan: CalibrationPlan, profile: Profile) -> Outcome:
     """The outcome of an upstream body with no choice to calibrate."""
     return _empty(plan, profile, NO_CHOICES)
 
@@ -160,13 +168,13 @@ def calibrate_choice(
     prompt (`_likelihood.py`); the generated text still decides the answer.
     """
     # A profile fitted for the other mode cannot calibrate this score: fall back to identity.
-    profile_mode = getattr(profile, "mode", None)
-    if profile_mode and profile_mode != plan.mode and getattr(profile, "method", "none") != "none":
+    if profile.mode != plan.mode and profile.method != "none":
         profile = Profile.identity(model, plan.task)
 
     if not logprobs:
         return _empty(plan, profile, NO_LOGPROBS)
 
+    score: OptionScore | SequenceScore
     if plan.mode == "options":
         score = score_options(logprobs, plan.options or (), likelihoods=likelihoods)
         if not score.found:
@@ -182,7 +190,8 @@ def calibrate_choice(
     confidence = _finite(calibrated.confidence)
     answer = calibrated.answer if plan.mode == "options" else (text or "").strip() or None
 
-    abstained, reason = False, None
+    abstained = False
+    reason: AbstainReason | None = None
     if plan.abstain != "off":
         if plan.idk_option is not None and answer == plan.idk_option:
             abstained, reason = True, "idk_option"
@@ -201,9 +210,9 @@ def calibrate_choice(
         abstain_reason=reason,
         answer=answer,
         option_probs=_option_probs(plan.options, calibrated.option_probs),
-        profile_version=int(getattr(profile, "version", 0) or 0),
+        profile_version=profile.version,
         features=_features(score),
-        scoring=getattr(score, "scoring", None),
+        scoring=score.scoring if isinstance(score, OptionScore) else None,
     )
 
 

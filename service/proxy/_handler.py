@@ -147,7 +147,9 @@ def _show_idk(prompt: Any, plan: CalibrationPlan, serving: OpenAIServing) -> Any
     return serving.show_idk(prompt, listed, label, text)
 
 
-def _submit(services: Services, principal: Principal, prep: _Prepared, cid: str, out: Outcome):
+def _submit(
+    services: Services, principal: Principal, prep: _Prepared, cid: str, out: Outcome
+) -> None:
     """Hand the prediction to the write-behind writer (never blocks, never fails the response)."""
     record = PredictionRecord(
         id=cid,

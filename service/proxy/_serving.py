@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import islice
-from typing import Any
+from typing import Any, TypeGuard
 
 from service.proxy._body import (
     LogprobWish,
@@ -90,6 +90,7 @@ def inject_system_prompt(messages: list[Any], prompt: str | None, policy: str) -
     first = messages[0] if messages else None
     if isinstance(first, dict) and first.get("role") == "system":
         content = first.get("content")
+        merged: str | list[Any]
         if isinstance(content, str):
             merged = f"{prompt}\n\n{content}" if content else prompt
         elif isinstance(content, list):
@@ -211,7 +212,7 @@ def _top_n(top: dict[str, Any], n: int, rank: int | None) -> dict[str, Any]:
     return dict([first, *(rest[: n - 1] if within else rest)])
 
 
-def _number(value: Any) -> bool:
+def _number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
@@ -264,7 +265,8 @@ def withhold_chat(choice: dict[str, Any], message: str) -> None:
 
     Per choice: with `n > 1` each choice is calibrated and withheld on its own.
     """
-    old = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    sent = choice.get("message")
+    old: dict[str, Any] = sent if isinstance(sent, dict) else {}
     choice["message"] = {"role": old.get("role", "assistant"), "content": message}
     choice["logprobs"] = None
 

@@ -224,7 +224,8 @@ def _status_error(status: int, raw: bytes) -> APIError:
         body = None
     verbatim = None
     if isinstance(body, dict):
-        inner = body.get("error") if isinstance(body.get("error"), dict) else body
+        nested = body.get("error")
+        inner: dict[str, Any] = nested if isinstance(nested, dict) else body
         if isinstance(inner.get("message"), str):
             message = inner["message"]
             if inner is not body:  # OpenAI's shape: as sent, any missing field added

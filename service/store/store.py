@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, fields
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
@@ -75,7 +75,11 @@ def hash_key(plaintext: str) -> str:
     return hashlib.sha256(plaintext.encode("utf-8")).hexdigest()
 
 
-def _profile_cls() -> Any:
+if TYPE_CHECKING:
+    from calibrators import Profile
+
+
+def _profile_cls() -> type[Profile]:
     from calibrators import Profile  # imported late: the store works without profiles loaded
 
     return Profile
@@ -348,7 +352,7 @@ class Store:
 
     # ---------------------------------------------------------------- profiles
 
-    def active_profile(self, model: str, task: str = "default") -> Any | None:
+    def active_profile(self, model: str, task: str = "default") -> Profile | None:
         """The active `calibrators.Profile` of (model, task), or None."""
         query = (
             sa.select(_PR.c.data)
@@ -362,12 +366,12 @@ class Store:
 
     def save_profile(
         self,
-        profile: Any,
+        profile: Profile,
         *,
         activate: bool,
         reason: str,
         metrics: dict[str, Any] | None = None,
-    ) -> Any:
+    ) -> Profile:
         """Store `profile` as the next version of its (model, task) and return it so numbered."""
         profile_cls = _profile_cls()
         base = profile.to_dict()
@@ -426,7 +430,7 @@ class Store:
         with self._tx() as conn:
             return [(row.model, row.task) for row in conn.execute(query)]
 
-    def activate_profile_version(self, model: str, task: str, version: int) -> Any:
+    def activate_profile_version(self, model: str, task: str, version: int) -> Profile:
         """Make `version` the active profile of (model, task) (e.g. a rollback)."""
         where = (_PR.c.model == model, _PR.c.task == task)
         with self._tx(write=True) as conn:
