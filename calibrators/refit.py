@@ -1,7 +1,7 @@
 """Fit a new profile from labeled predictions and decide whether it beats the active one.
 
 Pure: the service gathers the labeled predictions, calls :func:`refit_profile`, and stores what
-comes back. The procedure (DESIGN §1, issue 5):
+comes back. The procedure (docs/architecture.md, "Refit loop"):
 
 1. split the items deterministically by a hash of their id into a fit part and a held-out part, so
    a retry on the same data gives the same answer and a prediction never moves between parts;

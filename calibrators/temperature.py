@@ -1,4 +1,4 @@
-"""Temperature scaling restricted to the option set (DESIGN §3).
+"""Temperature scaling restricted to the option set (docs/architecture.md, "Confidence math").
 
 Because log-softmax differences are logit differences, ``softmax(option_logprobs / T)`` is exactly
 the temperature-scaled model restricted to the options, so one scalar ``T`` fitted on labeled
