@@ -3,7 +3,8 @@
 Preferred over Platt once there are enough labels (about 1,000+; docs/architecture.md,
 "Confidence math"). scikit-learn does the fit; the fitted step function is kept as its
 thresholds and evaluated with ``np.interp`` (the same linear interpolation sklearn uses), so a
-loaded profile needs no sklearn object."""
+loaded profile needs no sklearn object.
+"""
 
 from __future__ import annotations
 

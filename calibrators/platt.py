@@ -1,10 +1,11 @@
 """Platt scaling: a logistic map of ``logit(raw confidence)`` fitted on correctness labels.
 
 The default for free-form answers with few labels (docs/architecture.md, "Confidence math"): two
-parameters cannot overfit much. Fitting uses Platt's (1999) smoothed targets ``(N+ + 1) / (N+ +
-2)`` and ``1 / (N- + 2)`` instead of 1 and 0, so the maximum-likelihood solution stays finite
-when the classes are separable or only one class was seen (then the map is a constant near the
-observed rate)."""
+parameters cannot overfit much. Fitting uses Platt's (1999) smoothed targets
+``(N+ + 1) / (N+ + 2)`` and ``1 / (N- + 2)`` instead of 1 and 0, so the maximum-likelihood
+solution stays finite when the classes are separable or only one class was seen (then the map is
+a constant near the observed rate).
+"""
 
 from __future__ import annotations
 
