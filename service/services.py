@@ -8,7 +8,7 @@ lazily; what a service needs at request time it gets from this object.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from starlette.datastructures import State
@@ -40,7 +40,7 @@ class Services:
     refit_source: Callable[[], Any]  # refit tallies for /metrics
 
 
-_SERVICE_NAMES = frozenset(Services.__slots__)  # type: ignore[attr-defined]
+_SERVICE_NAMES = frozenset(f.name for f in fields(Services))
 _ALIASES = {"prediction_writer": "writer"}
 
 
