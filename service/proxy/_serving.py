@@ -411,8 +411,7 @@ class ServingChat(OpenAIServing):
         validate_image_parts(body["messages"])
         return model, wish
 
-    def inject_logprobs(self, body: dict[str, Any], wish: LogprobWish, k: int) -> None:
-        inject_chat_logprobs(body, wish, k)
+    inject_logprobs = staticmethod(inject_chat_logprobs)
 
     def with_system_prompt(self, prompt: Any, system_prompt: str | None, policy: str) -> Any:
         return inject_system_prompt(prompt, system_prompt, policy)
@@ -451,14 +450,9 @@ class ServingChat(OpenAIServing):
     def new_logprobs(self) -> LogprobAccumulator:
         return _ChatLogprobs()
 
-    def trim_choice(self, choice: dict[str, Any], wish: LogprobWish) -> None:
-        trim_chat_choice(choice, wish)
-
-    def trim_body(self, body: dict[str, Any], wish: LogprobWish) -> None:
-        trim_chat_body(body, wish)
-
-    def withhold(self, choice: dict[str, Any], message: str) -> None:
-        withhold_chat(choice, message)
+    trim_choice = staticmethod(trim_chat_choice)
+    trim_body = staticmethod(trim_chat_body)
+    withhold = staticmethod(withhold_chat)
 
 
 class ServingCompletion(OpenAIServing):
@@ -473,11 +467,8 @@ class ServingCompletion(OpenAIServing):
     def check(self, body: dict[str, Any]) -> tuple[str, LogprobWish]:
         return check_completions(body)
 
-    def inject_logprobs(self, body: dict[str, Any], wish: LogprobWish, k: int) -> None:
-        inject_completion_logprobs(body, wish, k)
-
-    def with_system_prompt(self, prompt: Any, system_prompt: str | None, policy: str) -> Any:
-        return prefix_prompt(prompt, system_prompt, policy)
+    inject_logprobs = staticmethod(inject_completion_logprobs)
+    with_system_prompt = staticmethod(prefix_prompt)
 
     def show_idk(self, prompt: Any, options: Sequence[str], label: str, text: str) -> Any:
         return insert_in_prompt(prompt, options, label, text)
@@ -522,11 +513,8 @@ class ServingCompletion(OpenAIServing):
     def new_logprobs(self) -> LogprobAccumulator:
         return _CompletionLogprobs()
 
-    def trim_choice(self, choice: dict[str, Any], wish: LogprobWish) -> None:
-        trim_completion_choice(choice, wish)
-
-    def withhold(self, choice: dict[str, Any], message: str) -> None:
-        withhold_completion(choice, message)
+    trim_choice = staticmethod(trim_completion_choice)
+    withhold = staticmethod(withhold_completion)
 
 
 CHAT = ServingChat()
