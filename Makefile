@@ -18,10 +18,11 @@ install: $(STAMP)
 demo: install
 	$(BIN)/calib demo
 
-## Set up and run every check CI runs: lint, unit, API, integration (real vLLM engine), deploy.
+## Set up and run every check CI runs: lint, types, unit, API, integration (real vLLM engine), deploy.
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check calibrators service clients tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 lint: install

@@ -42,7 +42,7 @@ import httpx
 import numpy as np
 import uvicorn
 
-from calibrators import auroc, expected_calibration_error
+from calibrators import SCORINGS, auroc, expected_calibration_error
 from service.app import create_app
 from service.datasets.countries import FEW_SHOT_COUNTRIES, Country, countries, normalize
 from service.settings import Settings
@@ -59,7 +59,6 @@ LISTED_SHOTS = (
     "Q: What is the capital of Canada?\n- Toronto\n- Vancouver\n- Montreal\n- Ottawa\n"
     "A: Ottawa\n\n"
 )
-SCORINGS = ("path", "likelihood")
 
 
 @dataclass

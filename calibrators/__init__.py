@@ -34,17 +34,39 @@ from .prompt_search import (
 from .scoring import OptionScore, SequenceScore, normalize_token, score_options, score_sequence
 from .temperature import TemperatureScaler, grid_search_temperature
 from .threshold import ThresholdChoice, select_threshold
+from .vocab import (
+    ABSTAIN_POLICIES,
+    ABSTAIN_REASONS,
+    METHODS,
+    MODES,
+    SCORINGS,
+    AbstainPolicy,
+    AbstainReason,
+    Method,
+    Mode,
+    Scoring,
+)
 
 __all__ = [
+    "ABSTAIN_POLICIES",
+    "ABSTAIN_REASONS",
+    "METHODS",
+    "MODES",
+    "SCORINGS",
+    "AbstainPolicy",
+    "AbstainReason",
     "Calibrated",
     "Candidate",
     "Evaluation",
     "IsotonicCalibrator",
+    "Method",
+    "Mode",
     "OptionScore",
     "ParaphraseCall",
     "PlattScaler",
     "Profile",
     "ReliabilityBin",
+    "Scoring",
     "SearchResult",
     "SequenceScore",
     "TemperatureScaler",

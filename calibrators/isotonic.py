@@ -1,8 +1,9 @@
 """Isotonic regression of correctness on raw confidence: monotone, non-parametric.
 
-Preferred over Platt once there are enough labels (about 1,000+, DESIGN §3). scikit-learn does
-the fit; the fitted step function is kept as its thresholds and evaluated with ``np.interp``
-(the same linear interpolation sklearn uses), so a loaded profile needs no sklearn object.
+Preferred over Platt once there are enough labels (about 1,000+; docs/architecture.md,
+"Confidence math"). scikit-learn does the fit; the fitted step function is kept as its
+thresholds and evaluated with ``np.interp`` (the same linear interpolation sklearn uses), so a
+loaded profile needs no sklearn object.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class IsotonicCalibrator:
         """Calibrated probability of being correct, shape ``(n,)``."""
         xs, ys = self._check_fitted()
         x = np.asarray(raw_confidence, dtype=float).reshape(-1)
-        return np.clip(np.interp(x, xs, ys), _EPS, 1.0 - _EPS)
+        return np.asarray(np.clip(np.interp(x, xs, ys), _EPS, 1.0 - _EPS))
 
     def _predict_scalar(self, raw: float) -> float:
         """One confidence (request path)."""

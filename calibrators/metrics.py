@@ -43,7 +43,7 @@ def _bin_edges(conf: np.ndarray, n_bins: int, strategy: Strategy) -> np.ndarray:
     if strategy == "uniform":
         return np.linspace(0.0, 1.0, n_bins + 1)
     if strategy == "quantile":
-        return np.quantile(conf, np.linspace(0.0, 1.0, n_bins + 1))
+        return np.asarray(np.quantile(conf, np.linspace(0.0, 1.0, n_bins + 1)))
     raise ValueError(f"unknown strategy {strategy!r}; use 'uniform' or 'quantile'")
 
 
@@ -51,7 +51,9 @@ def _bin_ids(conf: np.ndarray, edges: np.ndarray, strategy: Strategy) -> np.ndar
     n_bins = edges.size - 1
     if strategy == "uniform":
         # Exactly min(int(conf * n_bins), n_bins - 1): a bin is [i/n, (i+1)/n), the last closed.
-        return np.minimum((np.clip(conf, 0.0, 1.0) * n_bins).astype(np.int64), n_bins - 1)
+        return np.asarray(
+            np.minimum((np.clip(conf, 0.0, 1.0) * n_bins).astype(np.int64), n_bins - 1)
+        )
     # Equal-mass bins, assigned like sklearn's calibration_curve(strategy="quantile").
     return np.searchsorted(edges[1:-1], conf)
 

@@ -1,9 +1,10 @@
 """Platt scaling: a logistic map of ``logit(raw confidence)`` fitted on correctness labels.
 
-The default for free-form answers with few labels (DESIGN §3): two parameters cannot overfit
-much. Fitting uses Platt's (1999) smoothed targets ``(N+ + 1) / (N+ + 2)`` and ``1 / (N- + 2)``
-instead of 1 and 0, so the maximum-likelihood solution stays finite when the classes are
-separable or only one class was seen (then the map is a constant near the observed rate).
+The default for free-form answers with few labels (docs/architecture.md, "Confidence math"): two
+parameters cannot overfit much. Fitting uses Platt's (1999) smoothed targets
+``(N+ + 1) / (N+ + 2)`` and ``1 / (N- + 2)`` instead of 1 and 0, so the maximum-likelihood
+solution stays finite when the classes are separable or only one class was seen (then the map is
+a constant near the observed rate).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ _EPS = 1e-6  # raw confidences are clipped to [eps, 1 - eps] before the logit
 
 def _logit(raw: Any) -> np.ndarray:
     p = np.clip(np.asarray(raw, dtype=float).reshape(-1), _EPS, 1.0 - _EPS)
-    return np.log(p) - np.log1p(-p)
+    return np.asarray(np.log(p) - np.log1p(-p))
 
 
 class PlattScaler:
@@ -75,7 +76,7 @@ class PlattScaler:
     def predict_proba(self, raw_confidence: Any) -> np.ndarray:
         """Calibrated probability of being correct, shape ``(n,)``."""
         coef, intercept = self._check_fitted()
-        return expit(coef * _logit(raw_confidence) + intercept)
+        return np.asarray(expit(coef * _logit(raw_confidence) + intercept), dtype=float)
 
     def _predict_scalar(self, raw: float) -> float:
         """One confidence without numpy overhead (request path)."""

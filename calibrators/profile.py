@@ -18,14 +18,13 @@ from .isotonic import IsotonicCalibrator
 from .platt import PlattScaler
 from .scoring import OptionScore, SequenceScore, _softmax
 from .temperature import TemperatureScaler
+from .vocab import ABSTAIN_POLICIES, METHODS, MODES, AbstainPolicy, Method, Mode
 
 __all__ = ["Calibrated", "Profile", "apply_profile"]
 
-METHODS = ("none", "temperature", "platt", "isotonic")
-MODES = ("options", "sequence")
-ABSTAIN_POLICIES = ("annotate", "replace", "off")
-
-_CALIBRATOR_TYPES: dict[str, Any] = {
+_CALIBRATOR_TYPES: dict[
+    str, type[TemperatureScaler] | type[PlattScaler] | type[IsotonicCalibrator]
+] = {
     "temperature": TemperatureScaler,
     "platt": PlattScaler,
     "isotonic": IsotonicCalibrator,
@@ -43,15 +42,15 @@ class Profile:
     model: str
     task: str = "default"
     version: int = 0
-    mode: str = "options"
-    method: str = "none"
+    mode: Mode = "options"
+    method: Method = "none"
     calibrator: dict[str, Any] | None = None
     threshold: float | None = None
     threshold_choice: dict[str, Any] | None = None
     system_prompt: str | None = None
     options: list[str] | None = None
     idk_option: str | None = None
-    abstain: str = "annotate"
+    abstain: AbstainPolicy = "annotate"
     metrics: dict[str, Any] = field(default_factory=dict)
     fitted_at: str | None = None
     n_labels: int = 0
@@ -108,7 +107,7 @@ class Calibrated:
 
     confidence: float | None
     raw_confidence: float | None
-    method: str
+    method: Method
     temperature: float | None
     threshold: float | None
     option_probs: dict[str, float] | None
@@ -134,9 +133,13 @@ def apply_profile(
     * sequence + temperature is not applicable: reported as method "none", confidence = raw.
     """
     limit = profile.threshold if threshold is None else threshold
-    method = profile.method
+    method: Method = profile.method
     calibrator = profile.fitted_calibrator
 
+    temperature: float | None
+    confidence: float
+    raw: float | None
+    option_probs: dict[str, float] | None
     if isinstance(score, OptionScore):
         if score.answer_index is None or not score.option_logprobs:
             temperature = (
@@ -146,16 +149,17 @@ def apply_profile(
         raw_probs = _softmax(score.option_logprobs)
         raw = raw_probs[score.answer_index]
         if isinstance(calibrator, TemperatureScaler):
-            temperature: float | None = calibrator.temperature_
-            probs = _softmax(score.option_logprobs, temperature)
+            temperature = fitted_t = calibrator.temperature_
+            probs = _softmax(score.option_logprobs, fitted_t)
             confidence = probs[score.answer_index]
         else:
             temperature = 1.0 if calibrator is None else None
             probs = raw_probs
             confidence = raw if calibrator is None else calibrator._predict_scalar(raw)
-        option_probs: dict[str, float] | None = {}
+        by_option: dict[str, float] = {}
         for option, p in zip(score.options, probs, strict=True):
-            option_probs.setdefault(option, p)
+            by_option.setdefault(option, p)
+        option_probs = by_option
         answer = score.answer
     else:
         raw = score.raw_confidence

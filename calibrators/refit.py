@@ -1,7 +1,7 @@
 """Fit a new profile from labeled predictions and decide whether it beats the active one.
 
 Pure: the service gathers the labeled predictions, calls :func:`refit_profile`, and stores what
-comes back. The procedure (DESIGN §1, issue 5):
+comes back. The procedure (docs/architecture.md, "Refit loop"):
 
 1. split the items deterministically by a hash of their id into a fit part and a held-out part, so
    a retry on the same data gives the same answer and a prediction never moves between parts;
@@ -22,7 +22,7 @@ import hashlib
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -37,6 +37,7 @@ from .platt import PlattScaler
 from .profile import Profile
 from .temperature import TemperatureScaler
 from .threshold import select_threshold
+from .vocab import Method, Mode
 
 __all__ = ["LabeledSet", "RefitPolicy", "RefitResult", "holdout_mask", "refit_profile"]
 
@@ -53,7 +54,7 @@ class LabeledSet:
     """
 
     ids: list[str]
-    mode: str
+    mode: Mode
     correct: np.ndarray
     option_logprobs: np.ndarray | None = None
     labels: np.ndarray | None = None
@@ -85,7 +86,7 @@ class RefitPolicy:
     min_labels: int = 50
     holdout_fraction: float = 0.3
     isotonic_min_labels: int = 1000
-    threshold_method: str = "ltt"
+    threshold_method: Literal["ltt", "coverage"] = "ltt"
     target_risk: float = 0.1
     delta: float = 0.1
     target_coverage: float | None = None
@@ -129,13 +130,13 @@ def _heldout_nll(calibrator: Any, data: LabeledSet) -> float:
     return negative_log_likelihood(_top_label_conf(calibrator, data), data.correct)
 
 
-def _fit_candidates(data: LabeledSet, policy: RefitPolicy) -> dict[str, Any]:
+def _fit_candidates(data: LabeledSet, policy: RefitPolicy) -> dict[Method, Any]:
     if data.mode == "options":
         scaler = TemperatureScaler().fit(
             data.option_logprobs, data.labels, chosen=data.chosen, correct=data.correct
         )
         return {"temperature": scaler}
-    candidates: dict[str, Any] = {"platt": PlattScaler().fit(data.raw_confidence, data.correct)}
+    candidates: dict[Method, Any] = {"platt": PlattScaler().fit(data.raw_confidence, data.correct)}
     if len(data) >= policy.isotonic_min_labels:
         candidates["isotonic"] = IsotonicCalibrator().fit(data.raw_confidence, data.correct)
     return candidates

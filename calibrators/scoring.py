@@ -62,6 +62,8 @@ from typing import Any
 
 import numpy as np
 
+from .vocab import Scoring
+
 __all__ = [
     "OptionScore",
     "SequenceScore",
@@ -117,7 +119,7 @@ class OptionScore:
     answer: str | None
     answer_index: int | None
     position: int | None
-    scoring: str = "path"
+    scoring: Scoring = "path"
 
     @property
     def found(self) -> bool:
@@ -357,18 +359,18 @@ def _match(tokens: list[str], labels: tuple[_Label, ...]) -> _Match | None:
             if start > 0 and _word_joined(text[start - 1], text[start]):
                 continue
             best = None
-            for j, label in by_first.get(text[start], ()):
-                if not text.startswith(label, start):
+            for j, label_text in by_first.get(text[start], ()):
+                if not text.startswith(label_text, start):
                     continue
-                end = start + len(label)
+                end = start + len(label_text)
                 k = bisect.bisect_left(ends, end)  # the token holding the option's last char
                 tail = text[end : ends[k]]
                 if tail and any(not _is_strip(c) for c in tail):
                     continue  # ends inside a token ("Lima" in " Limassol")
-                if not tail and end < len(text) and _word_joined(label[-1], text[end]):
+                if not tail and end < len(text) and _word_joined(label_text[-1], text[end]):
                     continue
-                if best is None or len(label) > best[0]:
-                    best = (len(label), j)
+                if best is None or len(label_text) > best[0]:
+                    best = (len(label_text), j)
             if best is not None:
                 key = (-best[0], best[1])
                 if i not in found or key < found[i]:

@@ -1,4 +1,4 @@
-"""Temperature scaling restricted to the option set (DESIGN §3).
+"""Temperature scaling restricted to the option set (docs/architecture.md, "Confidence math").
 
 Because log-softmax differences are logit differences, ``softmax(option_logprobs / T)`` is exactly
 the temperature-scaled model restricted to the options, so one scalar ``T`` fitted on labeled
@@ -258,7 +258,7 @@ class TemperatureScaler:
         matrix = _as_logprob_matrix(option_logprobs) / temperature
         matrix = matrix - matrix.max(axis=1, keepdims=True)
         exps = np.exp(matrix)
-        return exps / exps.sum(axis=1, keepdims=True)
+        return np.asarray(exps / exps.sum(axis=1, keepdims=True))
 
     def confidence(self, option_logprobs: Any, chosen: Any) -> np.ndarray:
         """Calibrated probability of the chosen option per row ``(n,)``."""

@@ -57,7 +57,7 @@ def _p_values(errors: np.ndarray, n: np.ndarray, alpha: float, kind: str) -> np.
     from scipy.stats import binom  # lazily: scipy.stats costs ~70 MB at import in the gateway
 
     if kind == "binomial":
-        return binom.cdf(errors, n, alpha)
+        return np.asarray(binom.cdf(errors, n, alpha), dtype=float)
     if kind == "hb":
         # Hoeffding-Bentkus (Bates et al. 2021): min(exp(-n h1(min(r, a), a)), e * P(Bin <= e)).
         r = np.minimum(errors / n, alpha)
@@ -67,7 +67,7 @@ def _p_values(errors: np.ndarray, n: np.ndarray, alpha: float, kind: str) -> np.
             )
         hoeffding = np.exp(-n * h1)
         bentkus = math.e * binom.cdf(np.ceil(errors), n, alpha)
-        return np.minimum(np.minimum(hoeffding, bentkus), 1.0)
+        return np.asarray(np.minimum(np.minimum(hoeffding, bentkus), 1.0), dtype=float)
     raise ValueError(f"unknown p_value {kind!r}; use 'binomial' or 'hb'")
 
 

@@ -12,7 +12,7 @@ The lifespan opens what every request shares and closes it on shutdown, in this 
    the only `model` label values on `/metrics` (service/known_models.py).
 
 Shutdown flushes the writer (no accepted prediction is lost) and closes the client and store.
-Requests reach these through `request.app.state.{settings, store, writer, profiles, upstream}`.
+Requests reach these through `request.app.state.services` (`service.services.Services`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import inspect
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -33,13 +34,13 @@ from service.errors import document_errors, install_error_handlers
 from service.known_models import KnownModels
 from service.memory_trim import ActivityCounter, IdleMemoryTrimmer
 from service.profiles import ProfileCache
-from service.proxy_fast_path import ProxyFastPath
+from service.proxy import ProxyFastPath, Upstream
 from service.refit import RefitRunner, RefitScheduler
 from service.routes import calibration, feedback, health, prompt_opt, proxy
 from service.routes import metrics as metrics_routes
+from service.services import AppState, Services
 from service.settings import Settings, load_settings
 from service.store import PredictionWriter, Store
-from service.upstream import Upstream
 from service.version import __version__
 
 __all__ = ["create_app"]
@@ -85,25 +86,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 source=f"app-{id(app):x}",
             )
             await known_models.start()
-            app.state.known_models = known_models
             trimmer = IdleMemoryTrimmer()
             trimmer.start()
-            app.state.settings = settings
-            app.state.store = store
-            app.state.writer = writer
-            app.state.prediction_writer = writer  # read by /metrics
-            app.state.profiles = ProfileCache(store)
-            app.state.upstream = upstream
+            profiles = ProfileCache(store)
             # --- refit and calibration health (docs/refit.md, docs/metrics.md) ---
-            runner = RefitRunner(store, settings, profiles=app.state.profiles, state=app.state)
-            app.state.refit_runner = runner
-            app.state.calibration_source = make_calibration_source(store)
-            app.state.refit_source = store.refit_tallies
+            runner = RefitRunner(store, settings, profiles=profiles, state=app.state)
             if settings.refit_enabled:
                 scheduler = RefitScheduler(store, runner, settings)
                 scheduler.start()
-            app.state.refit_scheduler = scheduler
-            # --- end refit ---
+            app.state.services = Services(
+                settings=settings,
+                store=store,
+                writer=writer,
+                profiles=profiles,
+                upstream=upstream,
+                known_models=known_models,
+                refit_runner=runner,
+                refit_scheduler=scheduler,
+                calibration_source=make_calibration_source(store),
+                refit_source=store.refit_tallies,
+            )
             logger.info(
                 "gateway ready: upstream %s, store %s",
                 settings.upstream,
@@ -136,6 +138,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "abstention and a feedback loop.",
         lifespan=lifespan,
     )
+    app.state = AppState()
     # Reachable before the lifespan runs too (e.g. for tests that inspect the app).
     app.state.settings = settings
     install_error_handlers(app)
@@ -153,7 +156,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def _telemetry_options(settings: Settings) -> dict[str, object]:
+def _telemetry_options(settings: Settings) -> dict[str, Any]:
     """FastAPI's native OpenTelemetry switched off unless asked for (older FastAPI has none)."""
     if settings.opentelemetry or "telemetry" not in inspect.signature(FastAPI).parameters:
         return {}

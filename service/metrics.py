@@ -58,6 +58,8 @@ from prometheus_client.core import (
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from calibrators import MODES
+
 __all__ = [
     "ABSTAIN_REASONS",
     "FEEDBACK_OUTCOMES",
@@ -104,7 +106,7 @@ MULTIPROCESS_DIR: str | None = (
 STAGES = ("raw", "calibrated")
 UPSTREAM_ERROR_KINDS = ("connect", "timeout", "status", "invalid_response", "stream_dropped")
 ABSTAIN_REASONS = ("idk_option", "below_threshold")
-PREDICTION_MODES = ("options", "sequence")
+PREDICTION_MODES = MODES
 FEEDBACK_OUTCOMES = ("correct", "incorrect", "unchanged", "rejected")
 REFIT_OUTCOMES = ("activated", "rejected", "failed")
 #: A refit's stored status → its `outcome` label (a fit with too few labels did not activate).

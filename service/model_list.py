@@ -26,8 +26,8 @@ from collections import defaultdict
 from typing import Any
 
 from service.errors import APIError
+from service.proxy import Upstream, UpstreamTarget
 from service.settings import Settings
-from service.upstream import Upstream, UpstreamTarget
 
 __all__ = ["list_models"]
 

@@ -13,19 +13,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 from service.store import Store, StoreError
+
+if TYPE_CHECKING:  # calibrators (numpy) is imported on first use, not with the CLI
+    from calibrators import Profile
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TASK = "default"
 
 
-def _profile_cls() -> Any:
+def _identity(model: str, task: str) -> Profile:
     from calibrators import Profile
 
-    return Profile
+    return Profile.identity(model, task)
 
 
 class ProfileCache:
@@ -34,10 +37,10 @@ class ProfileCache:
     def __init__(self, store: Store, ttl_s: float = 2.0) -> None:
         self.store = store
         self.ttl_s = ttl_s
-        self._entries: dict[tuple[str, str], tuple[float, Any]] = {}
-        self._loading: dict[tuple[str, str], asyncio.Future[Any]] = {}
+        self._entries: dict[tuple[str, str], tuple[float, Profile]] = {}
+        self._loading: dict[tuple[str, str], asyncio.Future[Profile]] = {}
 
-    async def get(self, model: str, task: str = DEFAULT_TASK) -> Any:
+    async def get(self, model: str, task: str = DEFAULT_TASK) -> Profile:
         """The profile to calibrate (model, task) with right now."""
         key = (model, task or DEFAULT_TASK)
         entry = self._entries.get(key)
@@ -46,7 +49,7 @@ class ProfileCache:
         loading = self._loading.get(key)
         if loading is not None:
             return await asyncio.shield(loading)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Profile] = asyncio.get_running_loop().create_future()
         self._loading[key] = future
         try:
             profile = await self._load(key, stale=entry[1] if entry else None)
@@ -68,7 +71,7 @@ class ProfileCache:
             for key in [key for key in self._entries if key[0] == model]:
                 del self._entries[key]
 
-    async def _load(self, key: tuple[str, str], stale: Any) -> Any:
+    async def _load(self, key: tuple[str, str], stale: Profile | None) -> Profile:
         model, task = key
         try:
             return await asyncio.to_thread(self._lookup, model, task)
@@ -77,12 +80,12 @@ class ProfileCache:
                 logger.warning("profile cache: store unavailable (%s); keeping %s/%s", error, *key)
                 return stale
             logger.warning("profile cache: store unavailable (%s); identity for %s/%s", error, *key)
-            return _profile_cls().identity(model, task)
+            return _identity(model, task)
 
-    def _lookup(self, model: str, task: str) -> Any:
+    def _lookup(self, model: str, task: str) -> Profile:
         profile = self.store.active_profile(model, task)
         if profile is None and task != DEFAULT_TASK:
             profile = self.store.active_profile(model, DEFAULT_TASK)
         if profile is None:
-            profile = _profile_cls().identity(model, task)
+            profile = _identity(model, task)
         return profile

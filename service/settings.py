@@ -18,8 +18,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-AbstainPolicy = Literal["annotate", "replace", "off"]
-CalibrationMode = Literal["options", "sequence"]
+from calibrators.vocab import AbstainPolicy, Mode, Scoring
+
 SystemPromptPolicy = Literal["prepend", "replace", "off"]
 
 
@@ -81,7 +81,7 @@ class ModelConfig(BaseModel):
     served_name: str | None = Field(
         None, description="The model name the upstream knows; defaults to the key in `models`."
     )
-    mode: CalibrationMode | None = Field(
+    mode: Mode | None = Field(
         None, description="Default calibration mode; inferred from `options` when not set."
     )
     options: list[str] | None = Field(None, description="Default answer options (options mode).")
@@ -102,7 +102,7 @@ class ModelConfig(BaseModel):
         "instead; off: never inject.",
     )
     top_logprobs: int = Field(20, ge=1, le=20, description="K requested from the upstream.")
-    scoring: Literal["path", "likelihood"] = Field(
+    scoring: Scoring = Field(
         "path",
         description="Options mode: read the option distribution off the generated tokens "
         "(path) or score every option's text after the prompt in one extra request (likelihood).",

@@ -132,7 +132,7 @@ def confidence_histogram(
     edges = np.linspace(0, 1, 21)
     for label, values in series.items():
         if len(values):
-            ax.hist(values, bins=edges, alpha=0.55, label=label)
+            ax.hist(values, bins=edges.tolist(), alpha=0.55, label=label)
     ax.set(xlim=(0, 1), xlabel="confidence", ylabel="answers", title=title)
     ax.legend(fontsize=8)
     return _render(fig, name, f"{title}: confidence histogram")

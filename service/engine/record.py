@@ -144,7 +144,7 @@ def string_option_cases(model: str) -> list[dict[str, Any]]:
     """Completions whose answers test matching answer strings to options.
 
     ``expect`` is the option the text names (None: it names none). ``likelihood: true`` also
-    records the batched prompt-logprobs request `service.option_likelihood` sends.
+    records the batched prompt-logprobs request `service.proxy` sends (`_likelihood.py`).
     """
     greedy = {"model": model, "temperature": 0, "logprobs": 20}
     cloze = {"max_tokens": 8, "stop": ["\n"]}
@@ -190,7 +190,7 @@ def string_option_cases(model: str) -> list[dict[str, Any]]:
 
 def record_string_options(base_url: str, model: str, out_dir: Path = FIXTURES_DIR) -> Path:
     """Record `string_option_cases` into one fixture file."""
-    from service.option_likelihood import completion_request
+    from service.proxy import completion_request
 
     root = base_url.rstrip("/").removesuffix("/v1")
     cases = []

@@ -1,7 +1,7 @@
 """Scoring one candidate prompt: replay the labeled items through the upstream with it injected.
 
 Each item is sent exactly as the gateway would serve it with the candidate as the profile's
-system prompt (same `service.shaping` functions, same policy):
+system prompt (same `service.proxy` functions, same policy):
 
 * chat items: the candidate is the system prompt (`inject_system_prompt` under the model's
   `system_prompt_policy`);
@@ -9,7 +9,7 @@ system prompt (same `service.shaping` functions, same policy):
   blank line, then the client's prompt), which is what the gateway does with a profile's system
   prompt on `/v1/completions`. For a few-shot base-model prompt it is an instruction that
   precedes the examples and the answer;
-* items with ``add_idk`` get the IDK choice shown the gateway's way (`service.idk_option`).
+* items with ``add_idk`` get the IDK choice shown the gateway's way (`service.proxy`).
 
 Requests are greedy (`temperature: 0`), short (`max_tokens: 8`, stop at a newline) and ask for
 the top-20 logprobs;
@@ -29,9 +29,8 @@ from typing import Any
 import httpx
 
 from calibrators import Evaluation, expected_calibration_error, score_options
-from service.idk_option import insert_in_messages, insert_in_prompt
 from service.prompt_opt.items import LabeledItem
-from service.shaping import inject_system_prompt, prefix_prompt
+from service.proxy import inject_system_prompt, insert_in_messages, insert_in_prompt, prefix_prompt
 
 __all__ = ["EvaluationError", "ItemResult", "Replayer", "bearer", "scrub", "summarize"]
 

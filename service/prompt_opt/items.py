@@ -66,7 +66,7 @@ def item_from_record(record: dict[str, Any], index: int) -> LabeledItem | None:
     idk = record.get("idk_option")
     options = [str(o) for o in options]
     if add_idk and idk is None:
-        from service.idk_option import choose_label
+        from service.proxy import choose_label
 
         idk_text = str(record.get("idk_text") or "I don't know")
         idk = choose_label(options, idk_text)

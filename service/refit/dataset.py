@@ -29,12 +29,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from calibrators import MODES
 from calibrators.refit import LabeledSet
 from service.store import LabeledRow
 
 __all__ = ["DatasetInfo", "build_labeled_set"]
-
-MODES = ("options", "sequence")
 
 
 @dataclass
@@ -152,8 +151,8 @@ def build_labeled_set(
     """Pack streamed rows into the arrays of the majority mode (ties: `preferred_mode`), or of
     `mode` when given (e.g. the active profile's, to evaluate it)."""
     forced = mode
-    packers = {"options": _Options(), "sequence": _Sequence()}
-    counts = dict.fromkeys(MODES, 0)
+    packers: dict[str, _Options | _Sequence] = {"options": _Options(), "sequence": _Sequence()}
+    counts: dict[str, int] = dict.fromkeys(MODES, 0)
     newest = None
     total = 0
     for batch in batches:

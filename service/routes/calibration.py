@@ -20,12 +20,13 @@ import asyncio
 import dataclasses
 import re
 from collections.abc import Callable
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from calibrators import AbstainPolicy, Mode
 from service import profile_operations
 from service.auth import Principal, authenticate, require_admin
 from service.errors import APIError
@@ -259,8 +260,6 @@ async def refit_status(
 
 # ----------------------------------------------------------------------------- manual edits
 
-AbstainPolicy = Literal["annotate", "replace", "off"]
-
 
 class ProfileUpdate(BaseModel):
     """Fields to set by hand; a field left out keeps its value, `null` clears it."""
@@ -276,7 +275,7 @@ class ProfileUpdate(BaseModel):
     abstain: AbstainPolicy | None = None
     options: list[str] | None = Field(None, min_length=2, max_length=64)
     idk_option: str | None = Field(None, min_length=1)
-    mode: Literal["options", "sequence"] | None = None
+    mode: Mode | None = None
     notes: str | None = Field(None, max_length=2000)
 
     @field_validator("task")

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from calibrators import Profile
 
 Role = Literal["client", "admin"]
 FeedbackStatus = Literal["created", "unchanged"]
@@ -102,7 +105,7 @@ class ProfileVersion:
     metrics: dict[str, Any] | None
     created_at: datetime
     activated_at: datetime | None
-    profile: Any  # calibrators.Profile
+    profile: Profile
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from service.app import create_app
-from service.proxy_fast_path import ProxyFastPath
+from service.proxy import ProxyFastPath
 from service.settings import load_settings
 from tests.conftest import GATEWAY_MODELS, UPSTREAM_TIMEOUT_S, Gateway, start_gateway
 from tests.upstream_double import (

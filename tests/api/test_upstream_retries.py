@@ -1,7 +1,7 @@
 """The retry rule end to end: a generation request reaches the upstream at most once.
 
 The gateway runs in front of `WireUpstream`, a raw loopback server that controls its
-connections (tests/wire_upstream.py). The rule itself is in service/upstream_http.py and
+connections (tests/wire_upstream.py). The rule itself is in service/proxy/_upstream_http.py and
 docs/configuration.md; the client-level cases are in tests/unit/test_upstream_http.py.
 """
 

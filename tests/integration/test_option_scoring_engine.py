@@ -178,9 +178,8 @@ def test_chat_likelihoods_from_the_real_engine_rank_the_capital_first(
     import asyncio
     import json as jsonlib
 
-    from service.option_likelihood import option_likelihoods
+    from service.proxy import Upstream, option_likelihoods
     from service.settings import Settings
-    from service.upstream import Upstream
 
     messages = [
         {"role": "user", "content": "What is the capital of Germany? Answer with the city."},

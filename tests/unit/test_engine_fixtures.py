@@ -254,7 +254,7 @@ def test_recorded_string_answers_name_the_expected_option(case: dict) -> None:
              in c.values[0]]
 )  # fmt: skip
 def test_recorded_likelihoods_are_read_from_the_prompt_logprobs(case: dict) -> None:
-    from service.option_likelihood import sum_option_logprobs
+    from service.proxy import sum_option_logprobs
 
     choices = case["likelihood_response"]["choices"]
     ours = [

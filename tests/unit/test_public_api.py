@@ -11,6 +11,8 @@ CONTRACT = {
     "negative_log_likelihood", "auroc", "aurc", "risk_coverage_curve", "reliability_bins",
     "ReliabilityBin", "selective_risk_coverage", "ThresholdChoice", "select_threshold",
     "population_stability_index", "ks_statistic", "Profile", "Calibrated", "apply_profile",
+    "Mode", "AbstainPolicy", "AbstainReason", "Method", "Scoring",
+    "MODES", "ABSTAIN_POLICIES", "ABSTAIN_REASONS", "METHODS", "SCORINGS",
 }  # fmt: skip
 
 

@@ -1,4 +1,5 @@
-"""score_options / score_sequence on the chat and legacy logprob shapes (DESIGN §3)."""
+"""score_options / score_sequence on the chat and legacy logprob shapes (docs/architecture.md,
+"Confidence math")."""
 
 from __future__ import annotations
 

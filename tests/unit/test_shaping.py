@@ -7,8 +7,7 @@ test_differential.py for the live comparison).
 
 from __future__ import annotations
 
-from service.request_body import LogprobWish
-from service.shaping import trim_chat_choice, trim_completion_choice
+from service.proxy import LogprobWish, trim_chat_choice, trim_completion_choice
 
 
 def legacy_choice(tops: list, prompt_logprobs: list | None = None) -> dict:

@@ -1,4 +1,4 @@
-"""The lean upstream client (service/upstream_http.py) against real loopback TCP servers.
+"""The lean upstream client (service/proxy/_upstream_http.py) against real loopback TCP servers.
 
 Each server here is a few lines of asyncio that answers with exact bytes, so a test controls
 what the wire carries: keep-alive or not, chunked or close-delimited bodies, stale connections,
@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from service.upstream_http import UpstreamHTTP, UpstreamTransportError
+from service.proxy import UpstreamHTTP, UpstreamTransportError
 from tests.wire_upstream import WireUpstream
 
 

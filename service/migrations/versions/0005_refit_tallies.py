@@ -66,7 +66,8 @@ def upgrade() -> None:
     totals: dict[tuple[str, str, str, str], dict[str, Any]] = defaultdict(
         lambda: {"count": 0, "duration_sum": 0.0, "last_finished_at": None}
     )
-    for model, task, status, started, finished in op.get_bind().execute(query):
+    rows: Any = op.get_bind().execute(query)
+    for model, task, status, started, finished in rows:
         seconds = max((finished - started).total_seconds(), 0.0)
         if not math.isfinite(seconds):
             continue

@@ -8,13 +8,24 @@ image parts — and answer 400 in OpenAI's shape for anything wrong, before the 
 
 from __future__ import annotations
 
+import binascii
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from service.errors import APIError
 
-__all__ = ["LogprobWish", "check_chat", "check_completions", "parse_json_body"]
+__all__ = [
+    "LogprobWish",
+    "check_chat",
+    "check_completions",
+    "check_content_type",
+    "data_url_bytes",
+    "dumps",
+    "parse_json_body",
+    "validate_image_parts",
+]
 
 MAX_TOP_LOGPROBS = 20
 
@@ -35,6 +46,16 @@ def check_content_type(content_type: str | None) -> None:
         f"Unsupported Content-Type {media!r}: send the body as application/json.",
         code="unsupported_media_type",
     )
+
+
+def dumps(obj: Any) -> bytes:
+    """Compact JSON for a response; ASCII escapes if a string holds a lone surrogate (an
+    upstream escape), which UTF-8 cannot encode."""
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(obj, separators=(",", ":")).encode()
 
 
 def parse_json_body(raw: bytes) -> dict[str, Any]:
@@ -80,7 +101,7 @@ def _vllm_extras(body: dict[str, Any]) -> tuple[bool, int | None, bool]:
 
 
 def _int_in(body: dict[str, Any], key: str, lo: int, hi: int | None) -> int | None:
-    value = body.get(key)
+    value: object = body.get(key)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
@@ -161,3 +182,84 @@ def check_completions(body: dict[str, Any]) -> tuple[str, LogprobWish]:
     if echo is not None and not isinstance(echo, bool):
         raise _bad("`echo` must be a boolean.", "echo")
     return model, LogprobWish(logprobs is not None, logprobs or 0, *_vllm_extras(body))
+
+
+# ------------------------------------------------------------------- image content parts
+# Validation of image content parts before a request is forwarded.
+#
+# Image parts (`{"type": "image_url", "image_url": {"url": ...}}`) are forwarded untouched. Only
+# their URL is checked, so a malformed one is a 400 from us instead of an opaque failure deep in
+# the engine:
+#
+# - `http://` and `https://` URLs pass as they are (the engine fetches them);
+# - `data:` URLs must be `data:image/<subtype>;base64,<payload>` with a non-empty payload that is
+#   valid base64 (strict alphabet, correct padding);
+# - any other scheme (`file:`, `ftp:`, ...) is refused: the gateway must not let callers make the
+#   engine read its own disk.
+
+_DATA_URL_RE = re.compile(r"^data:(image/[A-Za-z0-9.+\-]+)((?:;[A-Za-z0-9\-]+=[^;,]*)*);base64,")
+
+
+def _bad_image(message: str, param: str) -> APIError:
+    return APIError(400, message, param=param, code="invalid_image_url")
+
+
+def validate_image_parts(messages: list[Any]) -> int:
+    """Check every image part of chat `messages`; return the total data-URL payload size.
+
+    Raises `APIError(400)` at the first malformed part. Cheap for http(s) URLs; data URLs are
+    base64-decoded once (the caller runs this off the event loop when the payload is large).
+    """
+    total = 0
+    for i, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list):
+            continue
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type") != "image_url":
+                continue
+            param = f"messages[{i}].content[{j}].image_url"
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else image
+            if not isinstance(url, str) or not url:
+                raise _bad_image("An image_url part needs a non-empty `url` string.", param)
+            total += _check_url(url, param)
+    return total
+
+
+def _check_url(url: str, param: str) -> int:
+    head = url[:16].lower()
+    if head.startswith(("http://", "https://")):
+        return 0
+    if not head.startswith("data:"):
+        scheme = url.split(":", 1)[0][:20] if ":" in url else "(none)"
+        raise _bad_image(
+            f"Unsupported image URL scheme {scheme!r}: use http(s) or a data: URL.", param
+        )
+    return len(data_url_bytes(url, param))
+
+
+def data_url_bytes(url: str, param: str = "image_url") -> bytes:
+    """Decode a `data:image/...;base64,...` URL, or raise a 400 saying what is wrong."""
+    match = _DATA_URL_RE.match(url)
+    if match is None:
+        if ";base64," not in url[:300]:
+            raise _bad_image(
+                "Image data URLs must be base64-encoded (data:image/<type>;base64,...).", param
+            )
+        raise _bad_image("Image data URLs must have an image/* media type.", param)
+    payload = url[match.end() :]
+    if not payload:
+        raise _bad_image("The image data URL has an empty payload.", param)
+    # strict_mode still accepts excess padding ("QUJD=") on Python 3.11: check the length too.
+    if len(payload) % 4 or len(payload) - len(payload.rstrip("=")) > 2:
+        raise _bad_image(
+            "The image data URL payload is not valid base64 (bad length or padding).", param
+        )
+    try:
+        data = binascii.a2b_base64(payload, strict_mode=True)
+    except (binascii.Error, ValueError):
+        raise _bad_image("The image data URL payload is not valid base64.", param) from None
+    if not data:
+        raise _bad_image("The image data URL has an empty payload.", param)
+    return data

@@ -3,7 +3,7 @@
 When a model's configuration (`add_idk_option: true`) or the request
 (`calibration.add_idk_option: true`) asks for it, the gateway appends an IDK choice to the
 options it scores and shows that choice to the model. Choosing it is an abstention
-(`abstain_reason: "idk_option"`, decided in `service.confidence`).
+(`abstain_reason: "idk_option"`, decided in `_confidence.py`).
 
 The label: `idk_label` when configured; otherwise the next letter (or number) when every option is
 a single letter (or number) in sequence — "A".."D" gets "E" — and otherwise the IDK text itself

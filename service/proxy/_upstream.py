@@ -1,6 +1,6 @@
 """The pooled HTTP client that talks to the upstream engine (vLLM's OpenAI server).
 
-One `UpstreamHTTP` client (service/upstream_http.py) per process, opened in the app's lifespan
+One `UpstreamHTTP` client (`_upstream_http.py`) per process, opened in the app's lifespan
 and shared by every request (no per-request client, no per-request TCP/TLS setup). Transport
 failures become `APIError`s with the status a client should see:
 
@@ -22,8 +22,8 @@ from typing import Any
 from starlette.responses import JSONResponse
 
 from service.errors import APIError, error_type_for
+from service.proxy._upstream_http import UpstreamHTTP, UpstreamResponse, UpstreamTransportError
 from service.settings import ModelConfig, Settings
-from service.upstream_http import UpstreamHTTP, UpstreamResponse, UpstreamTransportError
 
 __all__ = [
     "Upstream",
@@ -224,7 +224,8 @@ def _status_error(status: int, raw: bytes) -> APIError:
         body = None
     verbatim = None
     if isinstance(body, dict):
-        inner = body.get("error") if isinstance(body.get("error"), dict) else body
+        nested = body.get("error")
+        inner: dict[str, Any] = nested if isinstance(nested, dict) else body
         if isinstance(inner.get("message"), str):
             message = inner["message"]
             if inner is not body:  # OpenAI's shape: as sent, any missing field added

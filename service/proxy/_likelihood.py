@@ -27,13 +27,29 @@ import asyncio
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from service.errors import APIError
-from service.upstream import Upstream, UpstreamTarget
+from service.proxy._plan import CalibrationPlan
+from service.proxy._upstream import Upstream, UpstreamTarget
 
-__all__ = ["completion_request", "option_likelihoods", "sum_option_logprobs"]
+__all__ = [
+    "LikelihoodScorer",
+    "chat_likelihoods",
+    "completion_likelihoods",
+    "completion_request",
+    "option_likelihoods",
+    "option_likelihoods_result",
+    "start_option_likelihoods",
+    "sum_option_logprobs",
+]
+
+#: (upstream, target, upstream body, options) -> each option's log-likelihood, or None
+LikelihoodScorer = Callable[
+    [Upstream, UpstreamTarget | None, dict[str, Any], Sequence[str]],
+    Awaitable[list[float] | None],
+]
 
 logger = logging.getLogger(__name__)
 
@@ -108,14 +124,26 @@ async def option_likelihoods(
     upstream: Upstream,
     target: UpstreamTarget | None,
     content: bytes,
-    legacy: bool,
+    completions: bool,
     options: Sequence[str],
 ) -> list[float] | None:
-    """Every option's log-likelihood after the request's prompt (``content``: the upstream body).
+    """Every option's log-likelihood after the request's prompt (``content``: the upstream body
+    of a completions request if `completions`, else of a chat request).
 
     None when this request cannot be scored that way or the upstream fails: the caller then
     scores along the generated path.
     """
+    scorer = completion_likelihoods if completions else chat_likelihoods
+    return await _score(upstream, target, content, scorer, options)
+
+
+async def _score(
+    upstream: Upstream,
+    target: UpstreamTarget | None,
+    content: bytes,
+    scorer: LikelihoodScorer,
+    options: Sequence[str],
+) -> list[float] | None:
     try:
         body = json.loads(content)
     except ValueError:
@@ -123,15 +151,13 @@ async def option_likelihoods(
     if not isinstance(body, dict):
         return None
     try:
-        if legacy:
-            return await _completions(upstream, target, body, options)
-        return await _chat(upstream, target, body, options)
+        return await scorer(upstream, target, body, options)
     except APIError as error:
         logger.warning("option likelihoods failed, scoring along the path: %s", error.message)
         return None
 
 
-async def _completions(
+async def completion_likelihoods(
     upstream: Upstream, target: UpstreamTarget | None, body: dict[str, Any], options: Sequence[str]
 ) -> list[float] | None:
     request = completion_request(body, options)
@@ -151,7 +177,7 @@ async def _completions(
     return out
 
 
-async def _chat(
+async def chat_likelihoods(
     upstream: Upstream, target: UpstreamTarget | None, body: dict[str, Any], options: Sequence[str]
 ) -> list[float] | None:
     requests = chat_requests(body, options)
@@ -175,12 +201,16 @@ def _dumps(obj: Any) -> bytes:
 
 
 def start_option_likelihoods(
-    upstream: Upstream, target: UpstreamTarget | None, plan: Any, content: bytes, legacy: bool
+    upstream: Upstream,
+    target: UpstreamTarget | None,
+    plan: CalibrationPlan,
+    content: bytes,
+    scorer: LikelihoodScorer,
 ) -> asyncio.Task[list[float] | None] | None:
     """Start scoring the options next to the client's request when the plan asks for it."""
     if plan.mode != "options" or plan.scoring != "likelihood" or not plan.options:
         return None
-    task = asyncio.create_task(option_likelihoods(upstream, target, content, legacy, plan.options))
+    task = asyncio.create_task(_score(upstream, target, content, scorer, plan.options))
     task.add_done_callback(_retrieve)
     return task
 

@@ -10,7 +10,7 @@ what the caller asks for this request wins, then what was fitted for (model, tas
 operator's static configuration.
 
 `add_idk_option` (request, else the model's configuration) makes the gateway add an "I don't
-know" choice to the options and show it to the model (`service.idk_option`, docs/idk.md).
+know" choice to the options and show it to the model (`_idk.py`, docs/idk.md).
 """
 
 from __future__ import annotations
@@ -19,15 +19,13 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from calibrators import ABSTAIN_POLICIES, MODES, SCORINGS, AbstainPolicy, Mode, Profile, Scoring
 from service.errors import APIError
-from service.idk_option import choose_label
+from service.proxy._idk import choose_label
 from service.settings import ModelConfig
 
 __all__ = ["CalibrationPlan", "CalibrationRequest", "parse_calibration", "resolve_plan"]
 
-_MODES = ("options", "sequence")
-_POLICIES = ("annotate", "replace", "off")
-_SCORINGS = ("path", "likelihood")  # service.option_likelihood, docs/api.md
 _TASK_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 _KEYS = {
     "options",
@@ -48,29 +46,31 @@ class CalibrationRequest:
 
     options: tuple[str, ...] | None = None
     idk_option: str | None = None
-    mode: str | None = None
-    abstain: str | None = None
+    mode: Mode | None = None
+    abstain: AbstainPolicy | None = None
     threshold: float | None = None
     task: str = "default"
     add_idk_option: bool | None = None
     idk_text: str | None = None
-    scoring: str | None = None  # "path" | "likelihood"
+    scoring: Scoring | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class CalibrationPlan:
     """How this one response will be scored, calibrated and possibly withheld."""
 
-    mode: str  # "options" | "sequence"
+    mode: Mode
     options: tuple[str, ...] | None
     idk_option: str | None
-    abstain: str  # "annotate" | "replace" | "off"
+    abstain: AbstainPolicy
     threshold: float | None  # request override; None = the profile's
     task: str
     idk_message: str
     idk_added: bool = False  # the gateway added `idk_option` to the options: show it upstream
     idk_text: str | None = None  # how the added choice reads ("I don't know")
-    scoring: str = "path"  # options mode: "likelihood" scores each option after the prompt
+    scoring: Scoring = (
+        "path"  # options mode: "likelihood" scores each option after the prompt (_likelihood.py)
+    )
 
 
 def _bad(message: str, param: str) -> APIError:
@@ -111,11 +111,11 @@ def parse_calibration(raw: Any) -> CalibrationRequest:
             raise _bad("`idk_option` must be one of `options`.", "idk_option")
 
     mode = raw.get("mode")
-    if mode is not None and mode not in _MODES:
+    if mode is not None and mode not in MODES:
         raise _bad("`mode` must be 'options' or 'sequence'.", "mode")
 
     abstain = raw.get("abstain")
-    if abstain is not None and abstain not in _POLICIES:
+    if abstain is not None and abstain not in ABSTAIN_POLICIES:
         raise _bad("`abstain` must be 'annotate', 'replace' or 'off'.", "abstain")
 
     threshold = raw.get("threshold")
@@ -144,7 +144,7 @@ def parse_calibration(raw: Any) -> CalibrationRequest:
         raise _bad("`idk_text` must be a non-empty string of at most 200 characters.", "idk_text")
 
     scoring = raw.get("scoring")
-    if scoring is not None and scoring not in _SCORINGS:
+    if scoring is not None and scoring not in SCORINGS:
         raise _bad("`scoring` must be 'path' or 'likelihood'.", "scoring")
 
     return CalibrationRequest(
@@ -160,15 +160,16 @@ def parse_calibration(raw: Any) -> CalibrationRequest:
     )
 
 
-def resolve_plan(request: CalibrationRequest, profile: Any, config: ModelConfig) -> CalibrationPlan:
+def resolve_plan(
+    request: CalibrationRequest, profile: Profile, config: ModelConfig
+) -> CalibrationPlan:
     """Merge request > profile > model config into the plan for this response."""
     options = request.options
     idk = request.idk_option
     if options is None:
-        profile_options = getattr(profile, "options", None)
-        if profile_options:
-            options = tuple(profile_options)
-            idk = idk or getattr(profile, "idk_option", None)
+        if profile.options:
+            options = tuple(profile.options)
+            idk = idk or profile.idk_option
         elif config.options:
             options = tuple(config.options)
             idk = idk or config.idk_option
@@ -184,19 +185,16 @@ def resolve_plan(request: CalibrationRequest, profile: Any, config: ModelConfig)
 
     # The identity profile (version 0) carries the dataclass default policy, not a decision:
     # only a stored profile's policy outranks the model configuration.
-    stored = int(getattr(profile, "version", 0) or 0) > 0
-    profile_policy = getattr(profile, "abstain", None) if stored else None
+    profile_policy = profile.abstain if profile.version > 0 else None
     abstain = request.abstain or profile_policy or config.abstain
-    if abstain not in _POLICIES:  # a profile stored with an unknown policy must not break serving
-        abstain = config.abstain
 
     idk_added, idk_text = False, None
     wants_idk = request.add_idk_option
     if wants_idk is None:
-        wants_idk = bool(getattr(config, "add_idk_option", False))
+        wants_idk = config.add_idk_option
     if wants_idk and mode == "options" and options and idk is None:
-        idk_text = request.idk_text or getattr(config, "idk_text", None) or "I don't know"
-        idk = choose_label(options, idk_text, getattr(config, "idk_label", None))
+        idk_text = request.idk_text or config.idk_text or "I don't know"
+        idk = choose_label(options, idk_text, config.idk_label)
         if idk in options:
             raise _bad(
                 f"The IDK option's label {idk!r} is already one of the options.", "add_idk_option"
@@ -213,5 +211,5 @@ def resolve_plan(request: CalibrationRequest, profile: Any, config: ModelConfig)
         idk_message=config.idk_message,
         idk_added=idk_added and mode == "options",
         idk_text=idk_text,
-        scoring=request.scoring or getattr(config, "scoring", None) or "path",
+        scoring=request.scoring or config.scoring,
     )

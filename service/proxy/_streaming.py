@@ -12,7 +12,7 @@ Streaming can only *annotate*: by the time we know the confidence, the answer ha
 `replace` policy degrades to `annotate` (the final chunk reports `abstained`, nothing is withheld).
 
 `/v1/completions` with `echo` streams the prompt's tokens in front of the first answer tokens
-of each choice; how many is read off that first chunk (`service.choices.echoed_in_first_chunk`).
+of each choice; how many is read off that first chunk (`OpenAIServing.streamed_prompt_tokens`).
 
 If the upstream connection breaks mid-stream (timeout, reset, truncated body), the client gets
 one OpenAI-shaped error event (`data: {"error": {...}}`, which the OpenAI SDK raises as an
@@ -21,6 +21,7 @@ one OpenAI-shaped error event (`data: {"error": {...}}`, which the OpenAI SDK ra
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -29,19 +30,20 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from service.calibration_request import CalibrationPlan
-from service.choices import (
+from calibrators import Profile
+from service.errors import APIError
+from service.proxy._body import LogprobWish, dumps
+from service.proxy._confidence import (
+    Outcome,
+    calibrate_choice,
     choice_id,
     choice_index,
-    echoed_in_first_chunk,
     generated_completion,
 )
-from service.confidence import Outcome, calibrate_choice
-from service.errors import APIError
-from service.option_likelihood import option_likelihoods_result
-from service.request_body import LogprobWish
-from service.shaping import trim_chat_choice, trim_completion_choice
-from service.upstream import UpstreamResponse, UpstreamTransportError, upstream_error_from
+from service.proxy._likelihood import option_likelihoods_result
+from service.proxy._plan import CalibrationPlan
+from service.proxy._serving import Echoed, LogprobAccumulator, OpenAIServing
+from service.proxy._upstream import UpstreamResponse, UpstreamTransportError, upstream_error_from
 
 __all__ = ["StreamContext", "relay"]
 
@@ -50,47 +52,24 @@ logger = logging.getLogger(__name__)
 _DONE = b"data: [DONE]\n\n"
 
 
-def _dumps(obj: Any) -> bytes:
-    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
-    try:
-        return text.encode()
-    except UnicodeEncodeError:  # a lone surrogate from an upstream escape: keep it escaped
-        return json.dumps(obj, separators=(",", ":")).encode()
-
-
 @dataclass(slots=True)
 class _Choice:
     """One choice's text and logprobs, accumulated over its chunks."""
 
-    content: list[Any] = field(default_factory=list)
-    tokens: list[Any] = field(default_factory=list)
-    token_lps: list[Any] = field(default_factory=list)
-    tops: list[Any] = field(default_factory=list)
+    logprobs: LogprobAccumulator
     text: list[str] = field(default_factory=list)
-    saw_logprobs: bool = False
     prompt_tokens: int | None = None  # echoed prompt tokens in front
     outcome: Outcome | None = None
-
-    def logprobs(self, legacy: bool) -> Any:
-        if not self.saw_logprobs:
-            return None
-        if legacy:
-            return {
-                "tokens": self.tokens,
-                "token_logprobs": self.token_lps,
-                "top_logprobs": self.tops,
-            }
-        return {"content": self.content}
 
 
 @dataclass(slots=True)
 class StreamContext:
     """What the relay needs to know about the request it serves."""
 
-    legacy: bool  # /v1/completions (text + token_logprobs) rather than chat
+    serving: OpenAIServing  # what differs between chat and completions chunks
     wish: LogprobWish
     plan: CalibrationPlan
-    profile: Any
+    profile: Profile
     model: str  # the name the client used
     rename: bool  # the upstream knows the model under another name
     # Called once at the end: ([(calibration id, outcome) per choice, choice 0 first] or None if
@@ -98,55 +77,43 @@ class StreamContext:
     # Records the predictions and metrics.
     on_done: Callable[[list[tuple[str, Outcome]] | None, float, APIError | None], None]
     n: int = 1  # choices per prompt
-    echoed: tuple[str | int | None, ...] | None = None  # what vLLM echoes (service.choices)
-    likelihoods: Any = None  # scoring "likelihood": the task scoring the options (or None)
+    echoed: tuple[Echoed, ...] | None = None  # what vLLM echoes (OpenAIServing.echoed)
+    # scoring "likelihood": the task scoring the options (or None)
+    likelihoods: asyncio.Task[list[float] | None] | None = None
     option_lps: list[float] | None = None  # its result, awaited before the first choice scores
     _choices: dict[int, _Choice] = field(default_factory=dict)
 
-    def _echoed(self, index: int) -> str | int | None:
+    def _echoed(self, index: int) -> Echoed:
         if self.echoed is None:
             return None
-        prompt = index // self.n if self.legacy else 0
+        prompt = self.serving.prompt_of(index, self.n)
         return self.echoed[prompt] if prompt < len(self.echoed) else None
 
     def absorb(self, index: int, choice: dict[str, Any]) -> _Choice:
         """Accumulate one choice's text and logprobs from one chunk."""
-        if self.legacy:
-            text = choice.get("text")
-        else:
-            delta = choice.get("delta")
-            text = delta.get("content") if isinstance(delta, dict) else None
+        serving = self.serving
+        text = serving.chunk_text(choice)
         acc = self._choices.get(index)
         if acc is None:
-            acc = self._choices[index] = _Choice()
-            if self.legacy and self.echoed is not None:
-                logprobs = choice.get("logprobs")
-                tokens = logprobs.get("tokens") if isinstance(logprobs, dict) else None
-                acc.prompt_tokens = echoed_in_first_chunk(self._echoed(index), text, tokens)
+            acc = self._choices[index] = _Choice(serving.new_logprobs())
+            if self.echoed is not None:
+                acc.prompt_tokens = serving.streamed_prompt_tokens(
+                    choice, self._echoed(index), text
+                )
         if isinstance(text, str):
             acc.text.append(text)
         logprobs = choice.get("logprobs")
-        if not isinstance(logprobs, dict):
-            return acc
-        if self.legacy:
-            acc.saw_logprobs = True
-            acc.tokens.extend(logprobs.get("tokens") or ())
-            acc.token_lps.extend(logprobs.get("token_logprobs") or ())
-            acc.tops.extend(logprobs.get("top_logprobs") or ())
-        else:
-            content = logprobs.get("content")
-            if content:
-                acc.saw_logprobs = True
-                acc.content.extend(content)
+        if isinstance(logprobs, dict):
+            acc.logprobs.add(logprobs)
         return acc
 
     def calibrate(self, index: int, acc: _Choice) -> Outcome:
         """Score one finished choice (once)."""
         if acc.outcome is None:
             logprobs, text = generated_completion(
-                acc.logprobs(self.legacy),
+                acc.logprobs.logprobs(),
                 "".join(acc.text),
-                acc.prompt_tokens if self.legacy else None,
+                acc.prompt_tokens,
                 self._echoed(index),
             )
             plan = self.plan
@@ -160,7 +127,7 @@ class StreamContext:
     def outcomes(self, response_id: str) -> list[tuple[str, Outcome]]:
         """Every choice's (calibration id, outcome), choice 0 first (scored if it never came)."""
         if 0 not in self._choices:
-            self._choices[0] = _Choice()
+            self._choices[0] = _Choice(self.serving.new_logprobs())
         return [
             (choice_id(response_id, index), self.calibrate(index, self._choices[index]))
             for index in sorted(self._choices)
@@ -180,7 +147,7 @@ async def relay(
     `upstream_s` is the time already spent waiting for the upstream's response headers; the
     waits for each next line are added to it.
     """
-    trim = trim_completion_choice if ctx.legacy else trim_chat_choice
+    trim = ctx.serving.trim_choice
     meta: dict[str, Any] | None = None
     usage_chunk: dict[str, Any] | None = None  # held back to carry the calibration
     lines = response.aiter_lines()
@@ -213,8 +180,7 @@ async def relay(
             if meta is None:
                 meta = {
                     "id": chunk.get("id") or f"calib-{uuid.uuid4().hex}",
-                    "object": chunk.get("object")
-                    or ("text_completion" if ctx.legacy else "chat.completion.chunk"),
+                    "object": chunk.get("object") or ctx.serving.chunk_object,
                     "created": chunk.get("created") or int(time.time()),
                     "model": ctx.model,
                 }
@@ -233,7 +199,7 @@ async def relay(
                             ctx.option_lps = await option_likelihoods_result(ctx.likelihoods)
                         outcome = ctx.calibrate(index, acc)
                         choice["calibration"] = outcome.public(choice_id(meta["id"], index))
-            yield b"data: " + _dumps(chunk) + b"\n\n"
+            yield b"data: " + dumps(chunk) + b"\n\n"
     except UpstreamTransportError as exc:
         if ctx.likelihoods is not None:
             ctx.likelihoods.cancel()
@@ -243,7 +209,7 @@ async def relay(
         ctx.on_done(None, upstream_s, error)
         yield (
             b"data: "
-            + _dumps(
+            + dumps(
                 {
                     "error": {
                         "message": f"{error.message} (the stream was interrupted)",
@@ -262,7 +228,7 @@ async def relay(
     if meta is None:
         meta = {
             "id": f"calib-{uuid.uuid4().hex}",
-            "object": "text_completion" if ctx.legacy else "chat.completion.chunk",
+            "object": ctx.serving.chunk_object,
             "created": int(time.time()),
             "model": ctx.model,
         }
@@ -271,4 +237,4 @@ async def relay(
     ctx.on_done(outcomes, upstream_s, None)
     final = usage_chunk if usage_chunk is not None else {**meta, "choices": []}
     final["calibration"] = outcomes[0][1].public(outcomes[0][0])
-    yield b"data: " + _dumps(final) + b"\n\n" + _DONE
+    yield b"data: " + dumps(final) + b"\n\n" + _DONE

@@ -1,4 +1,5 @@
-"""From one upstream choice to the response's `calibration` object (DESIGN §3).
+"""From one upstream choice to the response's `calibration` object (docs/architecture.md,
+"Confidence math").
 
 All the math lives in `calibrators` (`score_options` / `score_sequence` → raw score,
 `apply_profile` → calibrated confidence). This module only decides *which* score to take, turns
@@ -19,10 +20,31 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from calibrators import Profile, apply_profile, score_options, score_sequence
-from service.calibration_request import CalibrationPlan
+from calibrators import (
+    AbstainReason,
+    Method,
+    Mode,
+    OptionScore,
+    Profile,
+    Scoring,
+    SequenceScore,
+    apply_profile,
+    score_options,
+    score_sequence,
+)
+from service.proxy._plan import CalibrationPlan
 
-__all__ = ["Outcome", "calibrate_choice", "no_choice_outcome"]
+__all__ = [
+    "Outcome",
+    "calibrate_choice",
+    "choice_id",
+    "choice_index",
+    "echoed_count",
+    "echoed_in_first_chunk",
+    "generated_completion",
+    "generated_text",
+    "no_choice_outcome",
+]
 
 # Why `confidence` can be null (the `reason` field of the calibration object).
 NO_LOGPROBS = "upstream_returned_no_logprobs"
@@ -35,21 +57,21 @@ NO_CHOICES = "upstream_returned_no_choices"
 class Outcome:
     """The calibration of one response: the public object plus what the store records."""
 
-    mode: str
+    mode: Mode
     task: str
     confidence: float | None
     raw_confidence: float | None
-    method: str
+    method: Method
     temperature: float | None
     threshold: float | None
     abstained: bool
-    abstain_reason: str | None
+    abstain_reason: AbstainReason | None
     answer: str | None  # option label (options mode) or the answer text (sequence mode)
     option_probs: dict[str, float] | None
     profile_version: int
     reason: str | None = None
     features: dict[str, Any] = field(default_factory=dict)
-    scoring: str | None = None  # options mode: "path" or "likelihood" (what produced the probs)
+    scoring: Scoring | None = None  # options mode: "path" or "likelihood" (what produced the probs)
 
     def public(self, calibration_id: str, *, withheld: bool = False) -> dict[str, Any]:
         """The `calibration` object of the response (field names are the API contract).
@@ -109,29 +131,25 @@ def _option_probs(options: tuple[str, ...] | None, probs: Any) -> dict[str, floa
     return {label: float(p) for label, p in zip(options, values, strict=True)}
 
 
-def _empty(plan: CalibrationPlan, profile: Any, reason: str) -> Outcome:
+def _empty(plan: CalibrationPlan, profile: Profile, reason: str) -> Outcome:
     return Outcome(
         mode=plan.mode,
         task=plan.task,
         confidence=None,
         raw_confidence=None,
-        method=getattr(profile, "method", "none") or "none",
+        method=profile.method,
         temperature=None,
-        threshold=plan.threshold if plan.threshold is not None else _profile_threshold(profile),
+        threshold=plan.threshold if plan.threshold is not None else _finite(profile.threshold),
         abstained=False,
         abstain_reason=None,
         answer=None,
         option_probs=None,
-        profile_version=int(getattr(profile, "version", 0) or 0),
+        profile_version=profile.version,
         reason=reason,
     )
 
 
-def _profile_threshold(profile: Any) -> float | None:
-    return _finite(getattr(profile, "threshold", None))
-
-
-def no_choice_outcome(plan: CalibrationPlan, profile: Any) -> Outcome:
+def no_choice_outcome(plan: CalibrationPlan, profile: Profile) -> Outcome:
     """The outcome of an upstream body with no choice to calibrate."""
     return _empty(plan, profile, NO_CHOICES)
 
@@ -147,16 +165,16 @@ def calibrate_choice(
     """Score one choice's logprobs, calibrate with `profile`, decide abstention.
 
     `likelihoods` (options mode, `scoring: "likelihood"`): each option's log-likelihood after the
-    prompt (`service.option_likelihood`); the generated text still decides the answer.
+    prompt (`_likelihood.py`); the generated text still decides the answer.
     """
     # A profile fitted for the other mode cannot calibrate this score: fall back to identity.
-    profile_mode = getattr(profile, "mode", None)
-    if profile_mode and profile_mode != plan.mode and getattr(profile, "method", "none") != "none":
+    if profile.mode != plan.mode and profile.method != "none":
         profile = Profile.identity(model, plan.task)
 
     if not logprobs:
         return _empty(plan, profile, NO_LOGPROBS)
 
+    score: OptionScore | SequenceScore
     if plan.mode == "options":
         score = score_options(logprobs, plan.options or (), likelihoods=likelihoods)
         if not score.found:
@@ -172,7 +190,8 @@ def calibrate_choice(
     confidence = _finite(calibrated.confidence)
     answer = calibrated.answer if plan.mode == "options" else (text or "").strip() or None
 
-    abstained, reason = False, None
+    abstained = False
+    reason: AbstainReason | None = None
     if plan.abstain != "off":
         if plan.idk_option is not None and answer == plan.idk_option:
             abstained, reason = True, "idk_option"
@@ -191,7 +210,92 @@ def calibrate_choice(
         abstain_reason=reason,
         answer=answer,
         option_probs=_option_probs(plan.options, calibrated.option_probs),
-        profile_version=int(getattr(profile, "version", 0) or 0),
+        profile_version=profile.version,
         features=_features(score),
-        scoring=getattr(score, "scoring", None),
+        scoring=score.scoring if isinstance(score, OptionScore) else None,
     )
+
+
+# ---------------------------------------------- each choice: its id, only what was generated
+# Each choice of a response, as the calibrators should see it: its own id, and only what the
+# model generated.
+#
+# Every choice is scored and recorded on its own (`n > 1`, or a list of prompts on
+# `/v1/completions`). Choice 0 keeps the response id as its calibration id (the top-level
+# `calibration` stays choice 0's, as before); choice i > 0 gets `<response id>-<i>`.
+#
+# With `echo`, vLLM returns the prompt in front of the answer: in the text, and on
+# `/v1/completions` also in the logprobs (one entry per prompt token). Scoring those would mix the
+# prompt's likelihood into the answer's confidence, so they are cut off first.
+
+
+def choice_id(response_id: str, index: int) -> str:
+    """The calibration (feedback) id of choice `index`."""
+    return response_id if index == 0 else f"{response_id}-{index}"
+
+
+def choice_index(choice: dict[str, Any], position: int) -> int:
+    """The choice's own `index`, else its position in the list."""
+    index = choice.get("index")
+    if isinstance(index, int) and not isinstance(index, bool) and index >= 0:
+        return index
+    return position
+
+
+def echoed_count(echoed: str | int | None) -> int | None:
+    """The number of echoed prompt tokens when the prompt was token ids (else unknown)."""
+    return echoed if isinstance(echoed, int) and not isinstance(echoed, bool) else None
+
+
+def echoed_in_first_chunk(echoed: str | int | None, text: Any, tokens: Any) -> int | None:
+    """How many of the tokens of a choice's first streamed chunk are the echoed prompt.
+
+    That chunk holds the prompt and the first answer tokens (usually one). A token-id prompt
+    gives the count; for a text prompt, the answer's part of the chunk text (after the prompt)
+    is matched by tokens from the end. None: no logprobs to split.
+    """
+    count = echoed_count(echoed)
+    if count is not None:
+        return count
+    if not isinstance(tokens, list) or not tokens:
+        return None
+    answered = 1
+    if isinstance(echoed, str) and isinstance(text, str) and text.startswith(echoed):
+        answer = len(text) - len(echoed)
+        answered, length = 0, 0
+        while answered < len(tokens) and length < answer:
+            token = tokens[-1 - answered]
+            length += len(token) if isinstance(token, str) else 0
+            answered += 1
+        answered = max(answered, 1)
+    return max(len(tokens) - answered, 0)
+
+
+def generated_text(text: Any, echoed: str | int | None) -> str | None:
+    """The choice's text without the echoed prompt."""
+    if not isinstance(text, str):
+        return None
+    if isinstance(echoed, str) and echoed and text.startswith(echoed):
+        return text[len(echoed) :]
+    return text
+
+
+def generated_completion(
+    logprobs: Any, text: Any, n_prompt: int | None, echoed: str | int | None
+) -> tuple[Any, str | None]:
+    """(logprobs, text) of a `/v1/completions` choice without its first `n_prompt` (echoed)
+    tokens. `n_prompt` None: no echo, or the number is unknown (everything is scored)."""
+    if not n_prompt:
+        return logprobs, generated_text(text, echoed)
+    tokens: Any = None
+    if isinstance(logprobs, dict):
+        tokens = logprobs.get("tokens")
+        logprobs = {
+            key: value[n_prompt:] if isinstance(value, list) else value
+            for key, value in logprobs.items()
+        }
+    out = generated_text(text, echoed)
+    if out is not None and not isinstance(echoed, str) and isinstance(tokens, list):
+        # The prompt's text is unknown (token ids): the answer is its tokens' text.
+        out = "".join(t for t in tokens[n_prompt:] if isinstance(t, str))
+    return logprobs, out
