@@ -23,7 +23,9 @@ def build(
     out: Path = typer.Option(..., "--out", help="JSONL file to write."),
     seed: int = typer.Option(0, help="Same seed, same file."),
     n: int = typer.Option(100, help="Questions per form."),
-    form: str = typer.Option("all", help="cloze, options, idk, all (the text forms) or vision (image questions)."),
+    form: str = typer.Option(
+        "all", help="cloze, options, idk, all (the text forms) or vision (image questions)."
+    ),
     style: str = typer.Option("completion", help="completion (few-shot prompt) or chat."),
 ) -> None:
     """Build a question set and write it to OUT.

@@ -126,7 +126,8 @@ class VisionQuestion:
             {"type": "image_url", "image_url": {"url": url}} if p.get("type") == "image_url" else p
             for p in self.messages[0]["content"]
         ]
-        return VisionQuestion(**{**asdict(self), "messages": [{"role": "user", "content": content}]})
+        messages = [{"role": "user", "content": content}]
+        return VisionQuestion(**{**asdict(self), "messages": messages})
 
 
 @dataclass(frozen=True)
@@ -137,9 +138,7 @@ class Scene:
     answer_index: int | None  # index into FAMILY_CHOICES[family]; None = absent (IDK)
 
 
-def draw_scene(
-    family: str, difficulty: int, rng: random.Random, answerable: bool = True
-) -> Scene:
+def draw_scene(family: str, difficulty: int, rng: random.Random, answerable: bool = True) -> Scene:
     """Draw one picture for `family` at `difficulty` from `rng` (same rng state, same picture)."""
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
@@ -265,7 +264,9 @@ def _place(
 
 
 def _blend(colour: tuple[int, int, int], contrast: float) -> tuple[int, int, int]:
-    return tuple(round(c * contrast + b * (1 - contrast)) for c, b in zip(colour, BACKGROUND, strict=True))  # type: ignore[return-value]
+    pairs = zip(colour, BACKGROUND, strict=True)
+    mixed = (round(c * contrast + b * (1 - contrast)) for c, b in pairs)
+    return tuple(mixed)  # type: ignore[return-value]
 
 
 def _shape(
@@ -277,7 +278,8 @@ def _shape(
     elif kind == "square":
         draw.rectangle(box, fill=fill)
     elif kind == "triangle":
-        draw.polygon([(x + size / 2, y), (x, y + size - 1), (x + size - 1, y + size - 1)], fill=fill)
+        end = size - 1
+        draw.polygon([(x + size / 2, y), (x, y + end), (x + end, y + end)], fill=fill)
     else:  # cross
         t = max(2, size // 3)
         mid = (size - t) // 2
