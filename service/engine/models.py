@@ -15,7 +15,7 @@ from service.engine.vlm.prepare import SERVED_NAME, VLM_PORT, vlm_is_prepared
 DEFAULT_MODEL = "gemma-3-270m"
 MODELS: tuple[str, ...] = (DEFAULT_MODEL, VLM_NAME)
 #: vLLM arguments of the VLM: one image per prompt, no audio/video profiling on CPU.
-VLM_EXTRA_ARGS = '--limit-mm-per-prompt {"image":1}'
+VLM_EXTRA_ARGS = "--limit-mm-per-prompt '{\"image\":1}'"
 
 
 def settings_for(

@@ -46,7 +46,9 @@ def assemble(gemma_dir: Path, vision_file: Path, out_dir: Path) -> None:
             tensors["model.language_model." + key.removeprefix("model.")] = f.get_tensor(key)
     with safe_open(str(vision_file), "pt") as f:
         for key in f.keys():  # noqa: SIM118
-            tensors["model." + key] = f.get_tensor(key)
+            name = _vision_name(key)
+            if name is not None:
+                tensors["model." + name] = f.get_tensor(key)
     save_file(tensors, str(partial / "model.safetensors"), metadata={"format": "pt"})
 
     config = llava_config(AutoConfig.from_pretrained(gemma_dir))
@@ -91,6 +93,18 @@ def assemble(gemma_dir: Path, vision_file: Path, out_dir: Path) -> None:
     )
     shutil.rmtree(out_dir, ignore_errors=True)
     partial.rename(out_dir)
+
+
+def _vision_name(key: str) -> str | None:
+    """transformers saves the tower as `vision_tower.*`; vLLM's CLIP wants
+    `vision_tower.vision_model.*`. The post-layernorm is unused with the last-layer features
+    (and vLLM does not build it), so it is left out."""
+    if "post_layernorm" in key:
+        return None
+    head, _, rest = key.partition(".")
+    if head == "vision_tower" and not rest.startswith("vision_model."):
+        return f"vision_tower.vision_model.{rest}"
+    return key
 
 
 def _write_json(path: Path, data: dict[str, object]) -> None:

@@ -180,7 +180,7 @@ def pretrain_tower(trainer: Trainer, args: argparse.Namespace) -> float:
         loss.backward()
         opt.step()
         recent = [*recent[-39:], (logits.argmax(-1) == targets).float().mean().item()]
-        if (step + 1) % 100 == 0:
+        if (step + 1) % 50 == 0:
             print(
                 f"pretrain {step + 1}/{args.pre_steps} loss {loss.item():.3f} "
                 f"acc {np.mean(recent):.2f} {time.monotonic() - t0:.0f}s",
@@ -194,7 +194,14 @@ def train(args: argparse.Namespace) -> dict[str, object]:
     trainer = Trainer(args.gemma_dir, args.seed)
     pre_seconds = pretrain_tower(trainer, args) if args.pre_steps else 0.0
     params = trainer.parameters()
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(
+        [
+            {"params": list(trainer.projector.parameters()), "scale": 1.0},
+            {"params": list(trainer.tower.parameters()), "scale": args.tower_lr_scale},
+        ],
+        lr=args.lr,
+        weight_decay=0.01,
+    )
     rng = random.Random(f"train:{args.seed}")
     families = trainer.vision.FAMILIES
     letter_ids = trainer.prompts.letters
@@ -203,7 +210,7 @@ def train(args: argparse.Namespace) -> dict[str, object]:
     for step in range(args.steps):
         lr = args.lr * min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["scale"]
         family = families[step % len(families)]
         images, answers = trainer.sample(rng, family, args.batch)
         targets = torch.tensor([letter_ids[a] for a in answers])
@@ -217,6 +224,8 @@ def train(args: argparse.Namespace) -> dict[str, object]:
         opt.step()
         acc = (logits[:, 0].argmax(-1) == targets).float().mean().item()
         history.append((loss.item(), acc))
+        if args.checkpoint_every and (step + 1) % args.checkpoint_every == 0:
+            save(trainer, Path(args.out), {"steps_done": step + 1, "partial": True}, quiet=True)
         if (step + 1) % 10 == 0:
             recent = history[-10:]
             print(
@@ -256,7 +265,7 @@ def evaluate(trainer: Trainer, n: int) -> dict[str, float]:
     return {k: round(float(np.mean(v)), 3) for k, v in right.items()}
 
 
-def save(trainer: Trainer, out: Path, report: dict[str, object]) -> None:
+def save(trainer: Trainer, out: Path, report: dict[str, object], quiet: bool = False) -> None:
     from safetensors.torch import save_file
 
     state = {f"vision_tower.{k}": v for k, v in trainer.tower.state_dict().items()}
@@ -264,7 +273,8 @@ def save(trainer: Trainer, out: Path, report: dict[str, object]) -> None:
     state = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in state.items()}
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out), metadata={"report": json.dumps(report)})
-    print(json.dumps(report), flush=True)
+    if not quiet:
+        print(json.dumps(report), flush=True)
 
 
 def main() -> None:
@@ -278,6 +288,8 @@ def main() -> None:
     parser.add_argument("--pre-steps", type=int, default=1500)
     parser.add_argument("--pre-batch", type=int, default=64)
     parser.add_argument("--pre-lr", type=float, default=1e-3)
+    parser.add_argument("--tower-lr-scale", type=float, default=0.3)
+    parser.add_argument("--checkpoint-every", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--eval-n", type=int, default=16)
     train(parser.parse_args())
