@@ -1,4 +1,4 @@
-"""`calib engine … --model`: which settings serve which embedded model, and the not-prepared path."""
+"""`calib engine … --model`: the settings that serve each embedded model; the unprepared path."""
 
 from __future__ import annotations
 
