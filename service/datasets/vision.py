@@ -136,6 +136,9 @@ class Scene:
 
     image: Image.Image
     answer_index: int | None  # index into FAMILY_CHOICES[family]; None = absent (IDK)
+    attributes: dict[str, int | None] | None = None
+    """Every family's answer index this picture defines (4 = absent, None = not defined: e.g.
+    the colour of a picture of several shapes). Used to train one picture on all questions."""
 
 
 def draw_scene(family: str, difficulty: int, rng: random.Random, answerable: bool = True) -> Scene:
@@ -146,6 +149,7 @@ def draw_scene(family: str, difficulty: int, rng: random.Random, answerable: boo
     image = Image.new("RGB", (SIZE, SIZE), BACKGROUND)
     draw = ImageDraw.Draw(image)
     answer: int | None = None
+    attributes: dict[str, int | None] = dict.fromkeys(FAMILIES, 4)
     if answerable:
         answer = rng.randrange(4)
         count = answer + 1 if family == "count" else 1
@@ -168,6 +172,7 @@ def draw_scene(family: str, difficulty: int, rng: random.Random, answerable: boo
                 colour, kind = rng.choice(list(COLOURS)), rng.choice(SHAPES)
             fill = _blend(COLOURS[colour], level.contrast)
             _shape(draw, kind, x, y, size, fill)
+        attributes = _attributes(family, answer, boxes, list(COLOURS).index(colour), kind)
     if level.occlude:
         _occlude(draw, rng)
     if level.blur:
@@ -177,7 +182,25 @@ def draw_scene(family: str, difficulty: int, rng: random.Random, answerable: boo
         noise = np.random.default_rng(seed).normal(0.0, level.noise, (SIZE, SIZE, 3))
         pixels = np.asarray(image, dtype=np.float64) + noise
         image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
-    return Scene(image, answer)
+    return Scene(image, answer, attributes)
+
+
+def _attributes(
+    family: str, answer: int, boxes: list[tuple[int, int, int]], colour: int, kind: str
+) -> dict[str, int | None]:
+    if family == "count":
+        return {"colour": None, "shape": None, "count": answer, "position": None}
+    x, y, size = boxes[0]
+    cx, cy = x + size / 2, y + size / 2
+    half = SIZE / 2
+    near_middle = abs(cx - half) < 4 or abs(cy - half) < 4
+    quadrant = int(cx >= half) + 2 * int(cy >= half)
+    return {
+        "colour": colour,
+        "shape": SHAPES.index(kind),
+        "count": 0,
+        "position": answer if family == "position" else (None if near_middle else quadrant),
+    }
 
 
 def png_data_url(image: Image.Image) -> str:

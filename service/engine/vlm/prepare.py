@@ -22,8 +22,12 @@ WEIGHTS_FILE = _HERE / "tiny_vlm_vision.safetensors"
 _SHIM = _HERE / "torchvision_shim.py"
 _SHIM_MODULE = "calib_torchvision_shim"
 _PTH = "calib-torchvision-shim.pth"
-#: Training arguments that made the committed weights (train.py defaults + these).
-TRAIN_ARGS: tuple[str, ...] = ()
+#: Training arguments that made the committed weights (with train.py's defaults).
+TRAIN_ARGS: tuple[str, ...] = (
+    "--pre-steps", "700", "--pre-batch", "32", "--pre-lr", "1e-3",
+    "--steps", "250", "--batch", "4", "--lr", "1e-3", "--tower-lr-scale", "0.1",
+    "--eval-n", "8", "--threads", "1",
+)  # fmt: skip
 
 
 def site_packages(layout: EngineLayout) -> Path:

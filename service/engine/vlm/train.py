@@ -1,17 +1,21 @@
 """Train the tiny VLM's vision tower + projector through the frozen Gemma 3 270M (engine venv).
 
-    python train.py GEMMA_DIR OUT.safetensors [--steps N] [--batch B] [--seed S]
+    python train.py GEMMA_DIR OUT.safetensors [--pre-steps N] [--steps N] [--seed S] ...
 
 Only the ~2.5 M vision parameters learn; the language model is frozen and stays bit-identical to
-the text engine's. The loss is the language model's own cross-entropy (full vocabulary) on the
-answer letter after "Answer:" plus, at lower weight, on `<eos>` after the letter — so the 16 image
-tokens act as a learned, image-dependent prompt that makes the unchanged LM answer. Because the
-template puts the question text before the image, the text prefix's KV cache is computed once per
-question family and reused: each step only runs the 16 image tokens and the answer cue through the
-LM. Pictures come from `service/datasets/vision.py` (loaded by path: no project imports here)
-with a training seed stream disjoint from the evaluation seeds; all difficulties are mixed.
+the text engine's. Two stages (docs/engine.md):
 
-Seeded: same arguments, same weights (torch's CPU kernels are deterministic for these ops).
+1. the tower alone, one 5-way linear head per question family on its 16 patch features;
+2. the LM's own cross-entropy (full vocabulary) on the answer letter after "Answer:", every
+   picture asked every question it defines, gradients through the frozen LM into the projector
+   and (scaled down) the tower — the 16 image tokens become an image-dependent prompt that makes
+   the unchanged LM answer. The question text comes before the image in the template, so its KV
+   cache is computed once per family and each example only runs the image tokens and the answer
+   cue through the LM.
+
+Pictures come from `service/datasets/vision.py` (loaded by path: no project imports here) with
+training seed streams that never produce the evaluation seeds' pictures. Seeded: the same
+arguments and thread count give the same weights.
 """
 
 from __future__ import annotations
@@ -110,11 +114,11 @@ class Trainer:
             self._prefix_cache[key] = out.past_key_values
         return copy.deepcopy(self._prefix_cache[key])
 
-    def logits(self, family: str, images: list, letters: list[int]) -> torch.Tensor:  # type: ignore[type-arg]
-        """(batch, 2, vocab): logits at the answer position and after the answer letter."""
+    def logits(self, family: str, images: list, letters: list[int] | None) -> torch.Tensor:  # type: ignore[type-arg]
+        """(batch, vocab) logits at the answer position."""
         batch = len(images)
         feats = image_features(self.tower, self.projector, pixels(images))
-        suffix = torch.tensor([[*self.prompts.suffix[family], x] for x in letters])
+        suffix = torch.tensor([self.prompts.suffix[family]] * batch)
         embeds = torch.cat([feats, self.embed(suffix)], dim=1)
         cache = self.prefix_cache(family, batch)
         start = len(self.prompts.prefix[family])
@@ -125,9 +129,9 @@ class Trainer:
             cache_position=positions,
             position_ids=positions.unsqueeze(0).expand(batch, -1),
             use_cache=True,
-            logits_to_keep=2,
+            logits_to_keep=1,
         )
-        return out.logits
+        return out.logits[:, -1]
 
     def sample(
         self, rng: random.Random, family: str, batch: int, difficulty: int | None = None
@@ -140,6 +144,25 @@ class Trainer:
             images.append(scene.image)
             answers.append(4 if scene.answer_index is None else scene.answer_index)
         return images, answers
+
+
+#: How often each difficulty is drawn in training: more easy pictures, so features form early.
+TRAIN_DIFFICULTY_WEIGHTS = (0.35, 0.3, 0.2, 0.15)
+
+
+def sample_multi(
+    trainer: Trainer, rng: random.Random, batch: int
+) -> tuple[list, list[dict[str, int | None]]]:  # type: ignore[type-arg]
+    """Pictures from every family's generator, each with all the answers it defines."""
+    vision = trainer.vision
+    images, attributes = [], []
+    for _ in range(batch):
+        family = rng.choice(vision.FAMILIES)
+        level = rng.choices(vision.DIFFICULTIES, TRAIN_DIFFICULTY_WEIGHTS)[0]
+        scene = vision.draw_scene(family, level, rng, rng.random() >= 0.1)
+        images.append(scene.image)
+        attributes.append(scene.attributes)
+    return images, attributes
 
 
 def pretrain_tower(trainer: Trainer, args: argparse.Namespace) -> float:
@@ -169,17 +192,24 @@ def pretrain_tower(trainer: Trainer, args: argparse.Namespace) -> float:
         lr = args.pre_lr * warm * 0.5 * (1 + math.cos(math.pi * step / args.pre_steps))
         for group in opt.param_groups:
             group["lr"] = lr
-        family = families[step % len(families)]
-        images, answers = trainer.sample(rng, family, args.pre_batch)
+        images, attributes = sample_multi(trainer, rng, args.pre_batch)
         out = trainer.tower(pixel_values=pixels(images), output_hidden_states=True)
         feats = out.hidden_states[-1][:, 1:].flatten(1)
-        logits = heads[family](feats)
-        targets = torch.tensor(answers)
-        loss = torch.nn.functional.cross_entropy(logits, targets)
+        losses, right, total = [], 0, 0
+        for family in families:
+            rows = [i for i, a in enumerate(attributes) if a[family] is not None]
+            if not rows:
+                continue
+            logits = heads[family](feats[rows])
+            targets = torch.tensor([attributes[i][family] for i in rows])
+            losses.append(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
+            right += int((logits.argmax(-1) == targets).sum())
+            total += len(rows)
+        loss = torch.stack(losses).sum() / total
         opt.zero_grad()
         loss.backward()
         opt.step()
-        recent = [*recent[-39:], (logits.argmax(-1) == targets).float().mean().item()]
+        recent = [*recent[-39:], right / total]
         if (step + 1) % 50 == 0:
             print(
                 f"pretrain {step + 1}/{args.pre_steps} loss {loss.item():.3f} "
@@ -192,6 +222,8 @@ def pretrain_tower(trainer: Trainer, args: argparse.Namespace) -> float:
 def train(args: argparse.Namespace) -> dict[str, object]:
     torch.set_num_threads(args.threads)
     trainer = Trainer(args.gemma_dir, args.seed)
+    if args.init:
+        load(trainer, Path(args.init))
     pre_seconds = pretrain_tower(trainer, args) if args.pre_steps else 0.0
     params = trainer.parameters()
     opt = torch.optim.AdamW(
@@ -202,7 +234,7 @@ def train(args: argparse.Namespace) -> dict[str, object]:
         lr=args.lr,
         weight_decay=0.01,
     )
-    rng = random.Random(f"train:{args.seed}")
+    rng = random.Random(f"train:{args.seed}:{args.init or ''}")
     families = trainer.vision.FAMILIES
     letter_ids = trainer.prompts.letters
     t0 = time.monotonic()
@@ -211,19 +243,23 @@ def train(args: argparse.Namespace) -> dict[str, object]:
         lr = args.lr * min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
         for group in opt.param_groups:
             group["lr"] = lr * group["scale"]
-        family = families[step % len(families)]
-        images, answers = trainer.sample(rng, family, args.batch)
-        targets = torch.tensor([letter_ids[a] for a in answers])
-        logits = trainer.logits(family, images, targets.tolist())
-        eos = torch.full_like(targets, trainer.prompts.eos)
-        loss = torch.nn.functional.cross_entropy(logits[:, 0], targets)
-        loss = loss + 0.2 * torch.nn.functional.cross_entropy(logits[:, 1], eos)
+        images, attributes = sample_multi(trainer, rng, args.batch)
+        losses, right, total = [], 0, 0
+        for family in families:  # the same picture under every question it answers
+            rows = [i for i, a in enumerate(attributes) if a[family] is not None]
+            if not rows:
+                continue
+            targets = torch.tensor([letter_ids[attributes[i][family]] for i in rows])
+            logits = trainer.logits(family, [images[i] for i in rows], None)
+            losses.append(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
+            right += int((logits.argmax(-1) == targets).sum())
+            total += len(rows)
+        loss = torch.stack(losses).sum() / total
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        acc = (logits[:, 0].argmax(-1) == targets).float().mean().item()
-        history.append((loss.item(), acc))
+        history.append((loss.item(), right / total))
         if args.checkpoint_every and (step + 1) % args.checkpoint_every == 0:
             save(trainer, Path(args.out), {"steps_done": step + 1, "partial": True}, quiet=True)
         if (step + 1) % 10 == 0:
@@ -241,6 +277,8 @@ def train(args: argparse.Namespace) -> dict[str, object]:
         "steps": args.steps,
         "batch": args.batch,
         "seed": args.seed,
+        "init": Path(args.init).name if args.init else None,
+        "lr": args.lr,
         "seconds": round(seconds, 1),
     }
     report["heldout"] = evaluate(trainer, args.eval_n)
@@ -257,12 +295,25 @@ def evaluate(trainer: Trainer, n: int) -> dict[str, float]:
     for family in trainer.vision.FAMILIES:
         for difficulty in trainer.vision.DIFFICULTIES:
             images, answers = trainer.sample(rng, family, n, difficulty)
-            logits = trainer.logits(family, images, [letters[a] for a in answers])[:, 0]
+            logits = trainer.logits(family, images, None)
             top = logits.argmax(-1).tolist()
             for a, t in zip(answers, top, strict=True):
                 right.setdefault(f"d{difficulty}", []).append(t == letters[a])
                 right.setdefault(family, []).append(t == letters[a])
     return {k: round(float(np.mean(v)), 3) for k, v in right.items()}
+
+
+def load(trainer: Trainer, path: Path) -> None:
+    """Continue from saved weights (a second training stage of the recipe)."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    for prefix, module in (
+        ("vision_tower.", trainer.tower),
+        ("multi_modal_projector.", trainer.projector),
+    ):
+        own = {k[len(prefix) :]: v.float() for k, v in state.items() if k.startswith(prefix)}
+        module.load_state_dict(own)
 
 
 def save(trainer: Trainer, out: Path, report: dict[str, object], quiet: bool = False) -> None:
@@ -290,6 +341,7 @@ def main() -> None:
     parser.add_argument("--pre-lr", type=float, default=1e-3)
     parser.add_argument("--tower-lr-scale", type=float, default=0.3)
     parser.add_argument("--checkpoint-every", type=int, default=0)
+    parser.add_argument("--init", help="start from these saved weights (next recipe stage)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--eval-n", type=int, default=16)
     train(parser.parse_args())
