@@ -22,11 +22,14 @@ WEIGHTS_FILE = _HERE / "tiny_vlm_vision.safetensors"
 _SHIM = _HERE / "torchvision_shim.py"
 _SHIM_MODULE = "calib_torchvision_shim"
 _PTH = "calib-torchvision-shim.pth"
-#: Training arguments that made the committed weights (with train.py's defaults).
-TRAIN_ARGS: tuple[str, ...] = (
-    "--pre-steps", "700", "--pre-batch", "32", "--pre-lr", "1e-3",
-    "--steps", "250", "--batch", "4", "--lr", "1e-3", "--tower-lr-scale", "0.1",
-    "--eval-n", "8", "--threads", "1",
+#: The train.py runs that made the committed weights, in order (with train.py's defaults); each
+#: run after the first continues from the previous one's output (`--init`).
+TRAIN_RECIPE: tuple[tuple[str, ...], ...] = (
+    (
+        "--pre-steps", "700", "--pre-batch", "32", "--pre-lr", "1e-3",
+        "--steps", "250", "--batch", "4", "--lr", "1e-3", "--tower-lr-scale", "0.1",
+        "--eval-n", "8", "--threads", "1",
+    ),
 )  # fmt: skip
 
 
@@ -68,11 +71,16 @@ def weights_for(layout: EngineLayout, run: Run, report: Report) -> Path:
         return WEIGHTS_FILE
     trained = layout.models_dir / "tiny-vlm-vision.safetensors"
     if not trained.exists():
-        report("training the VLM's vision tower (no committed weights found)")
-        partial = trained.with_suffix(".partial.safetensors")
-        run([str(layout.venv_python), str(_HERE / "train.py"), str(layout.model_dir),
-             str(partial), *TRAIN_ARGS])  # fmt: skip
-        partial.rename(trained)
+        report("training the VLM's vision tower (no committed weights found; ~15 min)")
+        previous: Path | None = None
+        for i, args in enumerate(TRAIN_RECIPE):
+            out = trained.with_suffix(f".stage{i}.safetensors")
+            init = ["--init", str(previous)] if previous else []
+            run([str(layout.venv_python), str(_HERE / "train.py"), str(layout.model_dir),
+                 str(out), *args, *init])  # fmt: skip
+            previous = out
+        assert previous is not None
+        previous.rename(trained)
     return trained
 
 
