@@ -164,3 +164,29 @@ def test_feedback_and_refit_on_the_vision_task(gw: httpx.Client) -> None:
         after = _ask(gw, items[0], task="vision-refit").json()["calibration"]
         assert after["profile_version"] == outcome["version"]
         assert after["method"] != "none"
+
+
+def test_torchvision_imports_through_the_shim(vlm_engine: RunningEngine) -> None:
+    """The engine venv's torchvision is PyPI's CUDA wheel: it imports only thanks to the shim,
+    which defines the two operator schemas its extension would have registered."""
+    import subprocess
+
+    from service.engine import EngineLayout
+    from service.engine.vlm.prepare import torchvision_ready
+
+    layout = EngineLayout.default()
+    if not torchvision_ready(layout):
+        pytest.skip("the tiny VLM under test was not prepared in this data directory")
+    code = (
+        "import sys, torchvision, torch\n"
+        "from torchvision.transforms import v2\n"
+        "assert 'calib_torchvision_shim' in sys.modules\n"
+        "print(torch.ops.torchvision.nms.default._schema)\n"
+    )
+    out = subprocess.run(
+        [str(layout.venv_python), "-c", code], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "torchvision::nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor" in (
+        out.stdout
+    )
