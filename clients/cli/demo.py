@@ -18,6 +18,12 @@ def demo(
     ),
     api_key: str | None = typer.Option(None, "--api-key", envvar="CALIB_API_KEY"),
     model: str = typer.Option("gemma-3-270m", "--model", help="Served model name."),
+    vision: bool = typer.Option(
+        True, "--vision/--no-vision", help="Also run the image task on the tiny VLM."
+    ),
+    vlm: str | None = typer.Option(
+        None, "--vlm", help="OpenAI base URL of a running tiny-vlm engine (default: embedded)."
+    ),
     n: int = typer.Option(200, "--n", min=20, help="Questions per form (mcq and cloze)."),
     seed: int = typer.Option(0, "--seed", help="Question-set seed."),
     target_risk: float = typer.Option(
@@ -47,6 +53,8 @@ def demo(
         engine_url=engine,
         api_key=api_key,
         model=model,
+        vision=vision,
+        vlm_url=vlm,
         n=n,
         seed=seed,
         target_risk=target_risk,

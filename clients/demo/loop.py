@@ -11,7 +11,7 @@ from clients.sdk import AsyncCalibClient, CalibClient, Calibration
 
 from .questions import DemoItem
 
-MAX_TOKENS = {"mcq": 12, "cloze": 8}
+MAX_TOKENS = {"mcq": 12, "cloze": 8, "vision": 1}
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,10 @@ async def _ask_one(client: AsyncCalibClient, model: str, item: DemoItem) -> Answ
         kwargs.update(options=item.options, idk_option=item.idk_option, mode="options")
     else:
         kwargs["mode"] = "sequence"
-    result = await client.complete(model, item.prompt, **kwargs)
+    if item.messages is not None:
+        result = await client.chat(model, item.messages, **kwargs)
+    else:
+        result = await client.complete(model, item.prompt, **kwargs)
     calibration = result.calibration
     answer = calibration.answer if calibration else None
     return Answered(item, result.text, calibration, item.is_correct(result.text, answer))
@@ -72,7 +75,7 @@ def feedback_for(answered: Answered) -> dict[str, Any] | None:
     """The feedback a user would post: the true option (mcq) or correctness (free-form)."""
     if answered.calibration is None or not answered.calibration.id:
         return None
-    if answered.item.task == "mcq":
+    if answered.item.task in ("mcq", "vision"):
         return {"id": answered.calibration.id, "label": answered.item.gold}
     return {"id": answered.calibration.id, "correct": answered.correct}
 

@@ -7,6 +7,9 @@
   position from the raw top-20 logprobs (options mode) and temperature-scales them. Invented
   countries (unanswerable) are mixed in: the right answer there is "I don't know", the IDK option.
 - ``cloze``: the capital, free-form (sequence mode, Platt/isotonic on exp(mean logprob)).
+- ``vision``: synthetic pictures (`service.datasets.vision`: colour, shape, count, position at
+  four difficulty levels, some with nothing to see) asked of the tiny VLM (`tiny-vlm`) as chat
+  messages with a PNG data URL; options A–E with E = "I don't know" (options mode).
 
 Listing the choices in the prompt instead makes the 270M base model pick the first listed choice
 most of the time (measured: 37 of 58), and lettered prompts are at chance (docs/datasets.md);
@@ -17,8 +20,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Any
 
 from service.datasets import build_question_set
+from service.datasets.vision import build_vision_set
 
 IDK_CHOICE = "I don't know"
 
@@ -35,25 +40,31 @@ class DemoItem:
     """One request the demo sends, with what it needs to grade and label the answer."""
 
     id: str
-    task: str  # "mcq" or "cloze"
-    prompt: str
+    task: str  # "mcq", "cloze" or "vision"
+    prompt: str  # completion prompt ("" for chat items)
     gold: str  # the right option string (mcq) or capital (cloze)
     answerable: bool
     options: list[str] | None = None
     idk_option: str | None = None
     aliases: tuple[str, ...] = ()
     subject: str = ""
+    messages: list[dict[str, Any]] | None = None  # chat items (vision): sent as chat messages
+    modality: str = "text"
+
+    @property
+    def is_chat(self) -> bool:
+        return self.messages is not None
 
     @property
     def extra_body(self) -> dict[str, object]:
         """Request fields the gateway passes through: mcq answers are restricted to the choices."""
-        if not self.options:
+        if not self.options or self.task == "vision":
             return {}
         return {"structured_outputs": {"choice": [f" {option}" for option in self.options]}}
 
     def is_correct(self, text: str, answer_option: str | None) -> bool:
         """mcq: the option the gateway read from the answer; cloze: the normalized first line."""
-        if self.task == "mcq":
+        if self.task in ("mcq", "vision"):
             return answer_option == self.gold
         from service.datasets.countries import normalize
 
@@ -103,11 +114,33 @@ def demo_items(seed: int, n: int) -> list[DemoItem]:
     return items
 
 
+def vision_items(seed: int, n: int) -> list[DemoItem]:
+    """`n` image questions (a quarter per family, difficulties mixed) for the tiny VLM."""
+    questions = build_vision_set(seed=seed + 7000, n=max(1, n // 4))
+    items = [
+        DemoItem(
+            id=q.id,
+            task="vision",
+            prompt="",
+            gold=q.answer,
+            answerable=q.answerable,
+            options=list(q.options),
+            idk_option=q.idk_option,
+            subject=f"{q.family}/d{q.difficulty}/{q.subject}",
+            messages=q.messages,
+            modality="image",
+        )
+        for q in questions
+    ]
+    random.Random(seed).shuffle(items)
+    return items
+
+
 def split(items: list[DemoItem], train_fraction: float) -> tuple[list[DemoItem], list[DemoItem]]:
     """Train (labels posted, refit) and held-out (answered after the refit) parts, per task."""
     train: list[DemoItem] = []
     test: list[DemoItem] = []
-    for task in ("mcq", "cloze"):
+    for task in ("mcq", "cloze", "vision"):
         of_task = [item for item in items if item.task == task]
         cut = int(len(of_task) * train_fraction)
         train += of_task[:cut]

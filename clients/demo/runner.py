@@ -1,6 +1,7 @@
 """`calib demo`: start the stack, run the calibration loop on real questions, report before/after.
 
-1. start (or reuse) the embedded engine and start a gateway on SQLite in the output folder;
+1. start (or reuse) the embedded engines (Gemma for text, the tiny VLM for images) and a gateway
+   on SQLite in the output folder that routes each model to its engine;
 2. answer the training part through the gateway (identity profile: raw = calibrated);
 3. post the gold labels as feedback and refit each task (champion/challenger, LTT threshold);
 4. answer the held-out part with the new profiles;
@@ -34,10 +35,11 @@ from clients.sdk import CalibClient
 
 from .evaluate import arrays, task_summary
 from .loop import Answered, ask_all, post_feedback
-from .questions import demo_items, split
+from .questions import DemoItem, demo_items, split, vision_items
 from .stack import Stack
 
-TASKS = ("mcq", "cloze")
+TASKS = ("mcq", "cloze", "vision")
+MODALITY = {"mcq": "text", "cloze": "text", "vision": "image"}
 ROWS: tuple[tuple[str, str], ...] = (
     ("held-out answers", "n"),
     ("method", "method"),
@@ -52,7 +54,7 @@ ROWS: tuple[tuple[str, str], ...] = (
     ("coverage at threshold", "coverage"),
     ("selective risk at threshold", "selective_risk"),
     ("abstention rate, answerable", "abstention_rate_answerable"),
-    ("abstention rate, invented countries", "abstention_rate_unanswerable"),
+    ("abstention rate, unanswerable", "abstention_rate_unanswerable"),
 )
 
 
@@ -63,6 +65,10 @@ class DemoOptions:
     engine_url: str | None = None
     api_key: str | None = None
     model: str = "gemma-3-270m"
+    vision: bool = True
+    """Also run the image task on the tiny VLM (`calib engine … --model tiny-vlm`)."""
+    vlm_url: str | None = None
+    vlm_model: str = "tiny-vlm"
     n: int = 200
     seed: int = 0
     train_fraction: float = 0.6
@@ -72,9 +78,23 @@ class DemoOptions:
     keep: bool = False
     timings: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return TASKS if self.vision else tuple(t for t in TASKS if t != "vision")
+
+    def model_of(self, task: str) -> str:
+        return self.vlm_model if task == "vision" else self.model
+
 
 def gateway_config(options: DemoOptions) -> dict[str, Any]:
     """The gateway's YAML config for the demo: refits on demand, the demo's risk target."""
+    models: dict[str, Any] = {options.model: {"abstain": "annotate", "top_logprobs": 20}}
+    if options.vision and options.vlm_url:
+        models[options.vlm_model] = {
+            "upstream": options.vlm_url,
+            "abstain": "annotate",
+            "top_logprobs": 20,
+        }
     return {
         "refit_enabled": False,
         "refit_min_labels": 30,
@@ -82,7 +102,7 @@ def gateway_config(options: DemoOptions) -> dict[str, Any]:
         "refit_holdout_fraction": 0.5,
         "refit_target_risk": options.target_risk,
         "refit_delta": options.delta,
-        "models": {options.model: {"abstain": "annotate", "top_logprobs": 20}},
+        "models": models,
     }
 
 
@@ -97,18 +117,24 @@ def _progress(console: Console) -> Progress:
 
 
 def _ask(options: DemoOptions, url: str, items: list, console: Console, what: str) -> list:
+    """Answer `items` (each task through its own model), keeping the items' order."""
+    answered: dict[str, Answered] = {}
     with _progress(console) as progress:
         bar = progress.add_task(what, total=len(items))
-        return asyncio.run(
-            ask_all(
-                url,
-                options.model,
-                items,
-                concurrency=options.concurrency,
-                api_key=options.api_key,
-                on_done=lambda: progress.advance(bar),
-            )
-        )
+        for model in dict.fromkeys(options.model_of(item.task) for item in items):
+            of_model = [item for item in items if options.model_of(item.task) == model]
+            for a in asyncio.run(
+                ask_all(
+                    url,
+                    model,
+                    of_model,
+                    concurrency=options.concurrency,
+                    api_key=options.api_key,
+                    on_done=lambda: progress.advance(bar),
+                )
+            ):
+                answered[a.item.id] = a
+    return [answered[item.id] for item in items]
 
 
 def _timed(options: DemoOptions, name: str, run: Callable[[], Any]) -> Any:
@@ -120,11 +146,15 @@ def _timed(options: DemoOptions, name: str, run: Callable[[], Any]) -> Any:
 
 def run_loop(options: DemoOptions, gateway_url: str, console: Console) -> dict[str, Any]:
     """Steps 2–5 against a running gateway; returns the summary written to summary.json."""
-    items = demo_items(options.seed, options.n)
+    items: list[DemoItem] = demo_items(options.seed, options.n)
+    if options.vision:
+        items += vision_items(options.seed, options.n)
     train, test = split(items, options.train_fraction)
     console.print(
         f"{len(train)} training and {len(test)} held-out questions "
-        f"(tasks: mcq = capital among choices + invented countries, cloze = free-form)"
+        f"(tasks: mcq = capital among choices + invented countries, cloze = free-form"
+        + (", vision = image questions to the tiny VLM" if options.vision else "")
+        + ")"
     )
     trained = _timed(
         options,
@@ -135,9 +165,10 @@ def run_loop(options: DemoOptions, gateway_url: str, console: Console) -> dict[s
     with CalibClient(gateway_url, options.api_key) as client:
         posted = _timed(options, "feedback_s", lambda: post_feedback(client, trained))
         console.print(f"posted {posted} labels as feedback")
-        for task in TASKS:
+        for task in options.tasks:
+            model = options.model_of(task)
             refits[task] = _timed(
-                options, f"refit_{task}_s", lambda task=task: client.refit(options.model, task=task)
+                options, f"refit_{task}_s", lambda task=task, m=model: client.refit(m, task=task)
             )
             outcome = refits[task]
             console.print(f"refit {task}: {_outcome_text(outcome)}")
@@ -146,12 +177,16 @@ def run_loop(options: DemoOptions, gateway_url: str, console: Console) -> dict[s
         "answer_heldout_s",
         lambda: _ask(options, gateway_url, test, console, "held-out part "),
     )
-    by_task = {task: [a for a in held_out if a.item.task == task] for task in TASKS}
+    by_task = {task: [a for a in held_out if a.item.task == task] for task in options.tasks}
     summary = {
         "model": options.model,
+        "models": {task: options.model_of(task) for task in options.tasks},
         "seed": options.seed,
         "counts": {"train": len(train), "held_out": len(test), "labels_posted": posted},
-        "tasks": {task: task_summary(answers) for task, answers in by_task.items()},
+        "tasks": {
+            task: {"modality": MODALITY[task], **task_summary(answers)}
+            for task, answers in by_task.items()
+        },
         "refits": refits,
         "settings": {"target_risk": options.target_risk, "delta": options.delta},
     }
@@ -169,10 +204,11 @@ def _outcome_text(outcome: dict[str, Any]) -> str:
 def summary_table(summary: dict[str, Any]) -> Table:
     table = Table(title="held-out questions, after one refit", show_lines=False)
     table.add_column("metric")
-    for task in TASKS:
+    tasks = list(summary["tasks"])
+    for task in tasks:
         table.add_column(task, justify="right")
     for label, key in ROWS:
-        values = [summary["tasks"][task].get(key) for task in TASKS]
+        values = [summary["tasks"][task].get(key) for task in tasks]
         table.add_row(
             label,
             *("—" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v) for v in values),
@@ -232,13 +268,14 @@ def _write_outputs(
     for fig in figures:
         (out / f"{fig.name}.png").write_bytes(fig.png)
         (out / f"{fig.name}.svg").write_bytes(fig.svg)
-    rows = [(label, [summary["tasks"][t].get(key) for t in TASKS]) for label, key in ROWS]
+    tasks = list(summary["tasks"])
+    rows = [(label, [summary["tasks"][t].get(key) for t in tasks]) for label, key in ROWS]
     notes = {
-        "model": options.model,
+        "model": ", ".join(f"{t}: {m}" for t, m in summary["models"].items()),
         "labels posted": str(summary["counts"]["labels_posted"]),
         "risk target": f"α = {options.target_risk}, δ = {options.delta} (Learn-Then-Test)",
     }
-    page = render_html("mllm-calib demo: calibration before/after", rows, TASKS, figures, notes)
+    page = render_html("mllm-calib demo: calibration before/after", rows, tasks, figures, notes)
     (out / "report.html").write_text(page, encoding="utf-8")
     answers = [
         {
@@ -274,6 +311,10 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> dict[str, 
             gateway_url = options.gateway_url
         else:
             _timed(options, "engine_ready_s", lambda: stack.start_engine(options.engine_url))
+            if options.vision:
+                options.vlm_url = _timed(
+                    options, "vlm_ready_s", lambda: stack.start_vlm(options.vlm_url)
+                )
             config = options.out_dir / "gateway.yaml"
             config.write_text(yaml.safe_dump(gateway_config(options)), encoding="utf-8")
             db_url = f"sqlite:///{(options.out_dir / 'calib.db').resolve()}"

@@ -19,6 +19,8 @@ from pathlib import Path
 import httpx
 
 DEFAULT_ENGINE_PORT = 8011
+DEFAULT_VLM_PORT = 8012
+VLM_MODEL = "tiny-vlm"
 
 
 def _calib(*args: str) -> list[str]:
@@ -59,6 +61,9 @@ class Stack:
     engine_port: int | None = None
     gateway_process: subprocess.Popen[bytes] | None = None
     started_engine: bool = False
+    vlm_url: str | None = None
+    vlm_port: int | None = None
+    started_vlm: bool = False
     log: Callable[[str], None] = print
     _log_files: list[object] = field(default_factory=list)
 
@@ -79,6 +84,26 @@ class Stack:
         self.engine_port, self.started_engine = port, True
         self.engine_url = f"http://127.0.0.1:{port}/v1"
         return self.engine_url
+
+    def start_vlm(self, vlm_url: str | None) -> str:
+        """Use `vlm_url`, or a healthy tiny VLM on its default port, or prepare and start it."""
+        if vlm_url:
+            self.vlm_url = vlm_url.rstrip("/")
+            return self.vlm_url
+        default = f"http://127.0.0.1:{DEFAULT_VLM_PORT}"
+        if healthy(f"{default}/health"):
+            self.log(f"using the tiny VLM already running at {default}/v1")
+            self.vlm_url = f"{default}/v1"
+            return self.vlm_url
+        self.log("preparing the tiny VLM (first run: torchvision shim, assembles the LLaVA)")
+        subprocess.run(_calib("engine", "prepare", "--model", VLM_MODEL), check=True)
+        port = DEFAULT_VLM_PORT if _port_free(DEFAULT_VLM_PORT) else free_port()
+        subprocess.run(
+            _calib("engine", "start", "--model", VLM_MODEL, "--port", str(port)), check=True
+        )
+        self.vlm_port, self.started_vlm = port, True
+        self.vlm_url = f"http://127.0.0.1:{port}/v1"
+        return self.vlm_url
 
     def start_gateway(self, config_file: Path, db_url: str, port: int | None = None) -> str:
         port = port or free_port()
@@ -123,6 +148,9 @@ class Stack:
         if self.started_engine and self.engine_port is not None:
             subprocess.run(_calib("engine", "stop", "--port", str(self.engine_port)), check=False)
             self.started_engine = False
+        if self.started_vlm and self.vlm_port is not None:
+            subprocess.run(_calib("engine", "stop", "--port", str(self.vlm_port)), check=False)
+            self.started_vlm = False
         for handle in self._log_files:
             handle.close()  # type: ignore[attr-defined]
         self._log_files.clear()

@@ -7,6 +7,7 @@ engine needs lives below it, so deleting it resets the engine completely::
     engine-venv/.calib-installed.json   marker: what was installed (`prepare` skips it next time)
     models/gemma-3-270m-q4_k_m.gguf the GGUF file assembled from the PyPI chunk packages
     models/gemma-3-270m/            the bf16 safetensors folder vLLM serves
+    models/tiny-vlm/                the tiny VLM: LLaVA, small CLIP tower + that Gemma
     logs/engine-install.log         pip's output while creating the virtualenv
     run/engine-<port>.json          pid file of an engine started by `calib engine start`
     run/engine-<port>.log           that engine's stdout and stderr
@@ -21,6 +22,7 @@ from pathlib import Path
 DATA_DIR_ENV = "CALIB_DATA_DIR"
 GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
 CONVERTED_NAME = "gemma-3-270m"
+VLM_NAME = "tiny-vlm"
 
 
 def data_dir() -> Path:
@@ -66,6 +68,14 @@ class EngineLayout:
     @property
     def model_marker(self) -> Path:
         return self.model_dir / ".calib-converted.json"
+
+    @property
+    def vlm_dir(self) -> Path:
+        return self.models_dir / VLM_NAME
+
+    @property
+    def vlm_marker(self) -> Path:
+        return self.vlm_dir / ".calib-vlm.json"
 
     @property
     def logs_dir(self) -> Path:

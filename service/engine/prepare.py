@@ -21,8 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.engine.errors import NotEnoughDiskError, PrepareError
-from service.engine.paths import EngineLayout
+from service.engine.paths import VLM_NAME, EngineLayout
 from service.engine.settings import ENGINE_REMOVE, ENGINE_REQUIREMENTS, EngineSettings
+from service.engine.vlm.prepare import prepare_vlm
+
+#: The models `prepare` knows by name: the text model (default) and the tiny VLM on top of it.
+MODELS: tuple[str, ...] = ("gemma-3-270m", VLM_NAME)
 
 _CONVERTER = Path(__file__).with_name("_convert_gguf.py")
 _GIB = 1024**3
@@ -55,11 +59,15 @@ def prepare(
     layout: EngineLayout | None = None,
     settings: EngineSettings | None = None,
     report: Report = _quiet,
+    model: str = "gemma-3-270m",
 ) -> PrepareResult:
     """Create whatever of (virtualenv, GGUF, converted model) is missing; return what was done.
 
     `report` receives one-line progress messages (pip's output lines included) for a UI.
+    `model="tiny-vlm"` also builds the tiny VLM on top (service/engine/vlm, docs/engine.md).
     """
+    if model not in MODELS:
+        raise PrepareError(f"Unknown embedded model {model!r}: choose one of {', '.join(MODELS)}.")
     layout = layout or EngineLayout.default()
     settings = settings or EngineSettings()
     layout.root.mkdir(parents=True, exist_ok=True)
@@ -72,6 +80,13 @@ def prepare(
         gguf_done = model_done or layout.gguf_file.exists()
         _step(result, "assemble", gguf_done, lambda: _assemble(layout, report))
         _step(result, "convert", model_done, lambda: _convert(layout, report))
+        if model == VLM_NAME:
+            prepare_vlm(
+                layout,
+                lambda cmd: _run(cmd, layout, report),
+                report,
+                lambda name, done, run: _step(result, name, done, run),
+            )
     return result
 
 

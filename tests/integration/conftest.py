@@ -4,7 +4,8 @@
 virtualenv and converts the model: several minutes), starts it on a free loopback port and stops
 it when the session ends. Tests that use it carry the `engine` marker; deselect them with
 `-m "not engine"`. To reuse an engine that already runs, set CALIB_TEST_ENGINE_URL (its /v1 base
-URL) and, if it is not Gemma, CALIB_TEST_ENGINE_MODEL.
+URL) and, if it is not Gemma, CALIB_TEST_ENGINE_MODEL. `vlm_engine` is the same for the tiny VLM
+(`calib engine prepare --model tiny-vlm`; reuse one with CALIB_TEST_VLM_URL).
 """
 
 from __future__ import annotations
@@ -48,3 +49,23 @@ def engine() -> Iterator[RunningEngine]:
     finally:
         embedded.stop(layout, info.port)
         layout.log_file(info.port).unlink(missing_ok=True)  # random port: do not pile up logs
+
+
+@pytest.fixture(scope="session")
+def vlm_engine() -> Iterator[RunningEngine]:
+    """The tiny VLM (`calib engine prepare/start --model tiny-vlm`), or CALIB_TEST_VLM_URL."""
+    url = os.environ.get("CALIB_TEST_VLM_URL")
+    if url:
+        yield RunningEngine(url.rstrip("/"), "tiny-vlm")
+        return
+    from service.engine.models import settings_for
+
+    layout = EngineLayout.default()
+    settings = settings_for("tiny-vlm", layout, port=embedded.free_port(), host="127.0.0.1")
+    embedded.prepare(layout, EngineSettings(), model="tiny-vlm")
+    info = embedded.start(settings, layout)
+    try:
+        yield RunningEngine(info.base_url, info.served_model_name)
+    finally:
+        embedded.stop(layout, info.port)
+        layout.log_file(info.port).unlink(missing_ok=True)

@@ -18,14 +18,21 @@ pytestmark = [pytest.mark.engine, pytest.mark.timeout(1800)]
 
 
 @pytest.fixture(scope="module")
-def demo_run(engine, tmp_path_factory) -> tuple[Path, dict]:
+def demo_run(engine, vlm_engine, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("demo")
-    options = DemoOptions(out_dir=out, engine_url=engine.base_url, model=engine.model, n=40)
+    options = DemoOptions(
+        out_dir=out,
+        engine_url=engine.base_url,
+        model=engine.model,
+        vlm_url=vlm_engine.base_url,
+        vlm_model=vlm_engine.model,
+        n=40,
+    )
     summary = run_demo(options, Console(record=True, width=120))
     return out, summary
 
 
-def test_summary_json_has_every_number_for_both_tasks(demo_run) -> None:
+def test_summary_json_has_every_number_for_every_task(demo_run) -> None:
     out, _ = demo_run
     written = json.loads((out / "summary.json").read_text())
     assert written["tasks"].keys() == set(TASKS)
@@ -36,6 +43,12 @@ def test_summary_json_has_every_number_for_both_tasks(demo_run) -> None:
             assert 0.0 <= stats[key] <= 1.0, (task, key, stats[key])
     assert written["counts"]["labels_posted"] > 0
     assert set(written["timings_s"]) >= {"answer_training_s", "answer_heldout_s", "total_s"}
+    assert {t: s["modality"] for t, s in written["tasks"].items()} == {
+        "mcq": "text",
+        "cloze": "text",
+        "vision": "image",
+    }
+    assert written["models"]["vision"] == "tiny-vlm"
 
 
 def test_each_refit_reports_its_outcome_and_activated_profiles_serve_the_held_out_part(
@@ -57,11 +70,14 @@ def test_each_refit_reports_its_outcome_and_activated_profiles_serve_the_held_ou
 def test_unanswerable_questions_are_graded_against_the_idk_option(demo_run) -> None:
     out, _ = demo_run
     answers = [json.loads(line) for line in (out / "held_out_answers.jsonl").open()]
-    invented = [a for a in answers if not a["answerable"]]
+    invented = [a for a in answers if not a["answerable"] and a["task"] != "vision"]
     assert invented, "the held-out part mixes in invented countries"
     for a in invented:
         picked_idk = bool(a["calibration"]) and a["calibration"]["answer"] == "I don't know"
         assert a["correct"] == picked_idk
+    for a in (a for a in answers if not a["answerable"] and a["task"] == "vision"):
+        picked_idk = bool(a["calibration"]) and a["calibration"]["answer"] == "E"
+        assert a["correct"] == picked_idk  # nothing in the picture: "E. I don't know"
 
 
 def test_report_renders_in_a_real_browser_with_all_figures(demo_run) -> None:
