@@ -442,7 +442,7 @@ def exported_series_names() -> frozenset[str]:
         *CalibrationCollector(list).describe(),
         *BUILD_INFO.collect(),
     ]
-    names = set()
+    names: set[str] = set()
     for family in families:
         if family.name.startswith("calib_"):
             names.update(family.name + suffix for suffix in _SERIES_SUFFIXES[family.type])

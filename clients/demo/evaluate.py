@@ -13,21 +13,36 @@ from calibrators import (
     expected_calibration_error,
     selective_risk_coverage,
 )
+from clients.sdk import Calibration
 
 from .loop import Answered
 
 
-def _clean(value: float) -> float | None:
+def _scored(answered: list[Answered]) -> list[tuple[Answered, Calibration]]:
+    """The answers with a calibrated confidence, each with its calibration object."""
+    return [
+        (a, a.calibration)
+        for a in answered
+        if a.calibration is not None and a.calibration.confidence is not None
+    ]
+
+
+def _values(values: list[float | None]) -> np.ndarray:
+    """`values` as a float array (a missing value becomes nan)."""
+    return np.array(values, dtype=float)
+
+
+def _clean(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else round(float(value), 4)
 
 
 def task_summary(answered: list[Answered]) -> dict[str, Any]:
     """Metrics of one task's held-out answers; items without a confidence are counted apart."""
-    scored = [a for a in answered if a.calibration and a.calibration.confidence is not None]
-    raw = np.array([a.calibration.raw_confidence for a in scored], dtype=float)
-    cal = np.array([a.calibration.confidence for a in scored], dtype=float)
-    correct = np.array([a.correct for a in scored], dtype=float)
-    thresholds = {a.calibration.threshold for a in scored}
+    scored = _scored(answered)
+    raw = _values([c.raw_confidence for _, c in scored])
+    cal = _values([c.confidence for _, c in scored])
+    correct = np.array([a.correct for a, _ in scored], dtype=float)
+    thresholds = {c.threshold for _, c in scored}
     threshold = thresholds.pop() if len(thresholds) == 1 else None
     coverage, risk = (
         selective_risk_coverage(cal, correct, threshold)
@@ -36,8 +51,8 @@ def task_summary(answered: list[Answered]) -> dict[str, Any]:
     )
     answerable = [a for a in answered if a.item.answerable]
     unanswerable = [a for a in answered if not a.item.answerable]
-    methods = sorted({a.calibration.method for a in scored})
-    temps = {a.calibration.temperature for a in scored if a.calibration.temperature is not None}
+    methods = sorted({c.method for _, c in scored})
+    temps = {c.temperature for _, c in scored if c.temperature is not None}
     return {
         "n": len(answered),
         "n_scored": len(scored),
@@ -66,9 +81,9 @@ def _rate(answered: list[Answered]) -> float | None:
 
 def arrays(answered: list[Answered]) -> dict[str, np.ndarray]:
     """Raw/calibrated confidence and correctness of the scored answers (for the figures)."""
-    scored = [a for a in answered if a.calibration and a.calibration.confidence is not None]
+    scored = _scored(answered)
     return {
-        "raw": np.array([a.calibration.raw_confidence for a in scored], dtype=float),
-        "calibrated": np.array([a.calibration.confidence for a in scored], dtype=float),
-        "correct": np.array([a.correct for a in scored], dtype=float),
+        "raw": _values([c.raw_confidence for _, c in scored]),
+        "calibrated": _values([c.confidence for _, c in scored]),
+        "correct": np.array([a.correct for a, _ in scored], dtype=float),
     }

@@ -95,8 +95,9 @@ def demo_items(seed: int, n: int) -> list[DemoItem]:
                 )
             )
             continue
-        choices = [c for c in (q.choices or []) if c != IDK_CHOICE] + [IDK_CHOICE]
-        gold = IDK_CHOICE if not q.answerable else q.choices[q.options.index(q.answer)]
+        options, listed = q.options or [], q.choices or []
+        choices = [c for c in listed if c != IDK_CHOICE] + [IDK_CHOICE]
+        gold = IDK_CHOICE if not q.answerable else listed[options.index(q.answer)]
         prompt = _MCQ_SHOTS + f"Q: What is the capital of {q.subject}?\nA:"
         items.append(
             DemoItem(

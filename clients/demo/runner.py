@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+import yaml  # type: ignore[import-untyped]  # no types-PyYAML in the dependencies
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -168,7 +169,7 @@ def run_loop(options: DemoOptions, gateway_url: str, console: Console) -> dict[s
         for task in options.tasks:
             model = options.model_of(task)
             refits[task] = _timed(
-                options, f"refit_{task}_s", lambda task=task, m=model: client.refit(m, task=task)
+                options, f"refit_{task}_s", functools.partial(client.refit, model, task=task)
             )
             outcome = refits[task]
             console.print(f"refit {task}: {_outcome_text(outcome)}")

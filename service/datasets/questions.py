@@ -161,7 +161,7 @@ def _tier(country: Country) -> Literal["well-known", "obscure"]:
 
 def _cloze_question(country: Country, rng: random.Random, style: Style) -> Question:
     question = f"What is the capital of {country.name}?"
-    text = {"prompt": f"{_CLOZE_SHOTS}Q: {question}\nA:"}
+    text: dict[str, object] = {"prompt": f"{_CLOZE_SHOTS}Q: {question}\nA:"}
     if style == "chat":
         text = {"messages": _chat(f"{question} Answer with the name of the city only.")}
     return Question(

@@ -264,7 +264,9 @@ def _question(qid: str, family: str, difficulty: int, scene: Scene) -> VisionQue
         options=list(LABELS),
         choices=[*FAMILY_CHOICES[family], IDK_TEXT],
         idk_option=IDK_LABEL,
-        subject=FAMILY_CHOICES[family][scene.answer_index] if answerable else "absent",
+        subject=FAMILY_CHOICES[family][scene.answer_index]
+        if scene.answer_index is not None
+        else "absent",
     )
 
 

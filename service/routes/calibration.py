@@ -81,6 +81,19 @@ def _runner(request: Request) -> RefitRunner:
     return request.app.state.refit_runner
 
 
+async def _stored_version(store: Store, model: str, task: str, version: int) -> ProfileVersion:
+    """A version this request just wrote or activated; 404 if it was deleted meanwhile."""
+    found = await _store_call(store.profile_version, model, task, version)
+    if found is None:
+        raise APIError(
+            404,
+            f"Model {model!r}, task {task!r} has no profile version {version}.",
+            param="version",
+            code="version_not_found",
+        )
+    return found
+
+
 def _temperature(profile: Any) -> float | None:
     if profile.method == "temperature" and profile.calibrator:
         return float(profile.calibrator.get("temperature", 1.0))
@@ -380,7 +393,7 @@ async def put_profile(
         trigger="api",
     )
     _runner(request).invalidate(model)
-    version = await _store_call(store.profile_version, model, task, saved.version)
+    version = await _stored_version(store, model, task, saved.version)
     return {"object": "calibration.profile", "model": model, "task": task, **_version_body(version)}
 
 
@@ -427,7 +440,7 @@ async def rollback(
             code="version_not_found",
         ) from None
     _runner(request).invalidate(model)
-    version = await _store_call(store.profile_version, model, body.task, body.version)
+    version = await _stored_version(store, model, body.task, body.version)
     return {
         "object": "calibration.profile",
         "model": model,

@@ -40,7 +40,10 @@ def create_store_engine(url: str | URL) -> Engine:
 
 def _sqlite_engine(url: URL) -> Engine:
     # `?timeout=SECONDS` in the URL (pysqlite's own knob) sets how long a writer waits for the lock.
-    busy_timeout_ms = int(float(url.query.get("timeout", SQLITE_BUSY_TIMEOUT_MS / 1000)) * 1000)
+    timeout = url.query.get("timeout", str(SQLITE_BUSY_TIMEOUT_MS / 1000))
+    if isinstance(timeout, tuple):
+        raise ValueError(f"?timeout= is given {len(timeout)} times in the database URL")
+    busy_timeout_ms = int(float(timeout) * 1000)
     database = url.database or ""
     in_memory = database in ("", ":memory:") or database.startswith("file::memory:")
     if in_memory:

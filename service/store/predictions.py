@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import fields
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 
@@ -239,7 +239,8 @@ class PredictionRepository:
         with self._db.tx() as conn:
             result = conn.execution_options(yield_per=batch_size).execute(query)
             for partition in result.partitions():
-                yield [LabeledRow(*row) for row in partition]
+                rows = cast("Sequence[tuple[Any, ...]]", partition)  # a Row unpacks as a tuple
+                yield [LabeledRow(*row) for row in rows]
 
     def count_labels(
         self, model: str, task: str | None = "default", *, after: datetime | None = None

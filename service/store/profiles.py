@@ -61,7 +61,7 @@ class ProfileRepository:
 
         def attempt() -> dict[str, Any]:
             with self._db.tx(write=True) as conn:
-                current = conn.execute(
+                current: int | None = conn.execute(
                     sa.select(sa.func.max(_PR.c.version)).where(
                         _PR.c.model == model, _PR.c.task == task
                     )
