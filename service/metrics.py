@@ -39,7 +39,7 @@ import threading
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import (
     GC_COLLECTOR,
@@ -350,22 +350,34 @@ def observe_feedback(model: str | None, outcome: str, count: int = 1) -> None:
     FEEDBACK.labels(_model_label(model), _choice(outcome, FEEDBACK_OUTCOMES, "outcome")).inc(count)
 
 
+class WriterCounters(Protocol):
+    """What `sync_prediction_writer` reads of a `PredictionWriter`; structural, so this module
+    needs nothing from the store."""
+
+    @property
+    def dropped(self) -> int: ...
+
+    @property
+    def failed_batches(self) -> int: ...
+
+
 # Last seen (dropped, failed_batches) per writer. Weak keys: a new writer never inherits the
 # counts of a collected one; objects that cannot be weakly referenced are kept alive instead.
-_writer_seen: weakref.WeakKeyDictionary[Any, tuple[int, int]] = weakref.WeakKeyDictionary()
-_writer_seen_strong: dict[int, tuple[Any, tuple[int, int]]] = {}
+_writer_seen: weakref.WeakKeyDictionary[WriterCounters, tuple[int, int]] = (
+    weakref.WeakKeyDictionary()
+)
+_writer_seen_strong: dict[int, tuple[WriterCounters, tuple[int, int]]] = {}
 _writer_lock = threading.Lock()
 
 
-def sync_prediction_writer(writer: Any) -> None:
+def sync_prediction_writer(writer: WriterCounters) -> None:
     """Bring `calib_predictions_dropped_total` and `calib_prediction_write_failures_total` up to
     date with a `PredictionWriter`'s own counters (`dropped`, `failed_batches`).
 
     Idempotent: only the increase since the last call for this writer is added, so it may be
     called from the writer's flush loop and at scrape time alike.
     """
-    dropped = int(getattr(writer, "dropped", 0) or 0)
-    failed = int(getattr(writer, "failed_batches", 0) or 0)
+    dropped, failed = writer.dropped, writer.failed_batches
     with _writer_lock:
         try:
             last_dropped, last_failed = _writer_seen.get(writer, (0, 0))

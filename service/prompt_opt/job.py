@@ -403,7 +403,8 @@ async def run_job(
 
 def _served_prompt(store: Store, model: str, task: str, config: JobConfig) -> str | None:
     profile = store.active_profile(model, task)
-    return getattr(profile, "system_prompt", None) or config.configured_prompt or None
+    served = profile.system_prompt if profile is not None else None
+    return served or config.configured_prompt or None
 
 
 def _evaluation_dict(e: Evaluation) -> dict[str, Any]:
