@@ -9,7 +9,10 @@ The lifespan opens what every request shares and closes it on shutdown, in this 
    public address unless `insecure`);
 5. one pooled upstream client;
 6. the known models (configured ones plus the upstream's list, refreshed in the background):
-   the only `model` label values on `/metrics` (service/known_models.py).
+   the only `model` label values on `/metrics` (service/known_models.py);
+7. the per-app caches (feedback rate buckets, prompt-optimization tasks, the
+   calibration-health collector), fields of `Services`; the API key cache is made on first
+   use (`service.services.per_app`).
 
 Shutdown flushes the writer (no accepted prediction is lost) and closes the client and store.
 Requests reach these through `request.app.state.services` (`service.services.Services`).
@@ -29,7 +32,7 @@ from fastapi import FastAPI
 from service import metrics
 from service.auth import check_open_mode
 from service.body_limit import BodyLimitMiddleware
-from service.calibration_health import make_calibration_source
+from service.calibration_health import CalibrationCollector, make_calibration_source
 from service.errors import document_errors, install_error_handlers
 from service.known_models import KnownModels
 from service.memory_trim import ActivityCounter, IdleMemoryTrimmer
@@ -90,7 +93,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             trimmer.start()
             profiles = ProfileCache(store)
             # --- refit and calibration health (docs/refit.md, docs/metrics.md) ---
-            runner = RefitRunner(store, settings, profiles=profiles, state=app.state)
+            collector = CalibrationCollector(
+                make_calibration_source(store), refit_source=store.refit_tallies
+            )
+            runner = RefitRunner(store, settings, profiles=profiles, collector=collector)
             if settings.refit_enabled:
                 scheduler = RefitScheduler(store, runner, settings)
                 scheduler.start()
@@ -103,8 +109,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 known_models=known_models,
                 refit_runner=runner,
                 refit_scheduler=scheduler,
-                calibration_source=make_calibration_source(store),
+                calibration_source=collector.source,
                 refit_source=store.refit_tallies,
+                feedback_buckets=feedback.feedback_buckets(settings),
+                prompt_opt_tasks=set(),
+                calibration_collector=collector,
             )
             logger.info(
                 "gateway ready: upstream %s, store %s",

@@ -23,6 +23,7 @@ from typing import Literal
 from fastapi import Depends, Request
 
 from service.errors import APIError
+from service.services import per_app
 from service.settings import Settings
 from service.store import KeyRecord, Store, StoreError
 
@@ -83,11 +84,8 @@ class KeyCache:
 
 
 def key_cache(request: Request) -> KeyCache:
-    """The app's key cache (created on first use, kept in `app.state.key_cache`)."""
-    cache = getattr(request.app.state, "key_cache", None)
-    if cache is None:
-        cache = request.app.state.key_cache = KeyCache()
-    return cache
+    """The app's key cache, made on first use on `app.state` (see `service.services.per_app`)."""
+    return per_app(request.app, "key_cache", KeyCache)
 
 
 def _unauthorized(message: str) -> APIError:

@@ -19,7 +19,8 @@ source that feeds it from the store, and the one place that builds it for the ap
   The refit counters, the refit-duration histogram and the last-failure time come from the
   store's refit tallies (`Store.refit_tallies`, the `refit_source` of the collector), for the
   same reason: on Kubernetes the refits run in a CronJob, a process nobody scrapes.
-* `collector_for(state)` — the app's collector: ready-made, or built once from the source.
+* `collector_for(app)` — the app's collector: the one in `Services`, or (an app without them)
+  ready-made on `app.state`, or built once from the source.
 
 The collector runs in the `/metrics` route's worker thread: synchronous store reads are fine.
 """
@@ -47,6 +48,7 @@ from prometheus_client.utils import floatToGoString
 from calibrators import population_stability_index
 from service.metrics import REFIT_BUCKETS, REFIT_OUTCOME_OF_STATUS, REFIT_OUTCOMES, STAGES
 from service.refit.job import FITTED_STATUSES
+from service.services import per_app
 from service.store import Store
 
 __all__ = [
@@ -62,7 +64,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-_collector_lock = threading.Lock()
 
 
 @runtime_checkable
@@ -110,13 +111,21 @@ class RefitTallyLike(Protocol):
     (model, task) that ended with `status` and whose duration fell in the bucket with upper
     bound `le` (``"+Inf"`` for the last bucket; not cumulative)."""
 
-    model: str
-    task: str
-    status: str
-    le: str
-    count: int
-    duration_sum: float
-    last_finished_at: datetime | float
+    # read-only, so a frozen record with a narrower `last_finished_at` fits
+    @property
+    def model(self) -> str: ...
+    @property
+    def task(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def le(self) -> str: ...
+    @property
+    def count(self) -> int: ...
+    @property
+    def duration_sum(self) -> float: ...
+    @property
+    def last_finished_at(self) -> datetime | float: ...
 
 
 #: A callable returning every refit tally (the store's `refit_tallies` table).
@@ -278,9 +287,9 @@ class CalibrationCollector:
         cache_seconds: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._source = profile_source
+        self.source = profile_source
         self._refit_source = refit_source
-        self._cache_seconds = cache_seconds
+        self.cache_seconds = cache_seconds  # settable: read at every scrape
         self._clock = clock
         self._lock = threading.Lock()
         self._states: list[CalibrationState] = []
@@ -296,10 +305,10 @@ class CalibrationCollector:
     def _current(self) -> tuple[list[CalibrationState], list[RefitTallyLike], float]:
         with self._lock:
             now = self._clock()
-            if self._fetched_at is None or now - self._fetched_at >= self._cache_seconds:
+            if self._fetched_at is None or now - self._fetched_at >= self.cache_seconds:
                 up = 1.0
                 try:
-                    self._states = list(self._source())
+                    self._states = list(self.source())
                 except Exception:
                     logger.exception("calibration source failed; serving the last known state")
                     up = 0.0
@@ -467,24 +476,20 @@ def make_calibration_source(
     return calibration_source
 
 
-def collector_for(state: Any) -> CalibrationCollector | None:
-    """The app's collector (`app.state`, docs/metrics.md): ``calibration_collector`` if set,
-    else one built once from ``calibration_source`` (and ``refit_source``, cached
-    ``metrics_cache_seconds``) and kept as ``calibration_collector``; None without a source."""
-    collector = getattr(state, "calibration_collector", None)
-    if collector is not None:
-        return collector
+def collector_for(app: Any) -> CalibrationCollector | None:
+    """The app's collector (docs/metrics.md): `services.calibration_collector`, built in the
+    lifespan. An app without `Services` keeps ``calibration_collector`` on `app.state`: ready
+    made if set, else built once from ``calibration_source`` (and ``refit_source``, cached
+    ``metrics_cache_seconds``); None without a source."""
+    return per_app(app, "calibration_collector", lambda: _bare_collector(app.state))
+
+
+def _bare_collector(state: Any) -> CalibrationCollector | None:
     source = getattr(state, "calibration_source", None)
     if source is None:
         return None
-    with _collector_lock:
-        collector = getattr(state, "calibration_collector", None)
-        if collector is None:
-            cache_seconds = float(getattr(state, "metrics_cache_seconds", 5.0))
-            collector = CalibrationCollector(
-                source,
-                refit_source=getattr(state, "refit_source", None),
-                cache_seconds=cache_seconds,
-            )
-            state.calibration_collector = collector
-        return collector
+    return CalibrationCollector(
+        source,
+        refit_source=getattr(state, "refit_source", None),
+        cache_seconds=float(getattr(state, "metrics_cache_seconds", 5.0)),
+    )

@@ -29,7 +29,7 @@ import multiprocessing
 from collections import OrderedDict
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.refit.job import (
     RefitConfig,
@@ -41,6 +41,9 @@ from service.refit.job import (
 )
 from service.store import ProfileEvent, Store
 from service.store.records import utcnow
+
+if TYPE_CHECKING:
+    from service.calibration_health import CalibrationCollector
 
 __all__ = ["RefitRunner", "outcome_from_event"]
 
@@ -79,14 +82,14 @@ class RefitRunner:
         settings: Any,
         *,
         profiles: Any = None,
-        state: Any = None,
+        collector: CalibrationCollector | None = None,
     ) -> None:
         self.store = store
         self.url = settings.database_url
         self.config = RefitConfig.from_settings(settings)
         self.executor_kind = settings.refit_executor
         self.profiles = profiles
-        self.state = state  # app.state: its calibration_collector is invalidated on activation
+        self.collector = collector  # /metrics' calibration health: invalidated on activation
         self.replica = replica_id()
         self._executor: Executor | None = None
         self._outcomes: OrderedDict[str, RefitOutcome] = OrderedDict()
@@ -227,15 +230,12 @@ class RefitRunner:
         )
         if outcome.activated:
             self.invalidate(outcome.model)
-        else:  # the refit counters moved
-            collector = getattr(self.state, "calibration_collector", None)
-            if collector is not None:
-                collector.invalidate()
+        elif self.collector is not None:  # the refit counters moved
+            self.collector.invalidate()
 
     def invalidate(self, model: str) -> None:
         """Serve `model`'s new active profile at once in this process."""
         if self.profiles is not None:
             self.profiles.invalidate(model)
-        collector = getattr(self.state, "calibration_collector", None)
-        if collector is not None:
-            collector.invalidate()
+        if self.collector is not None:
+            self.collector.invalidate()

@@ -20,6 +20,8 @@ from service import metrics
 from service.auth import Principal, authenticate
 from service.errors import APIError
 from service.rate_limit import TokenBuckets
+from service.services import per_app
+from service.settings import Settings
 from service.store import FeedbackError, FeedbackItem, FeedbackResult, Store, StoreError
 
 router = APIRouter(tags=["feedback"])
@@ -109,15 +111,17 @@ def _parse(raw: bytes, max_batch: int) -> tuple[list[FeedbackItem], bool]:
 
 def _buckets(request: Request) -> TokenBuckets | None:
     """The app's feedback rate limiter (None when `feedback_rate_per_s` is 0 or unset)."""
-    state = request.app.state
-    buckets = getattr(state, "feedback_buckets", None)
-    if buckets is None:
-        settings = state.settings
-        rate = getattr(settings, "feedback_rate_per_s", None)
-        if not rate:
-            return None
-        buckets = state.feedback_buckets = TokenBuckets(rate, settings.feedback_burst)
-    return buckets
+    return per_app(
+        request.app, "feedback_buckets", lambda: feedback_buckets(request.app.state.settings)
+    )
+
+
+def feedback_buckets(settings: Settings) -> TokenBuckets | None:
+    """A new feedback rate limiter for `settings` (None: `feedback_rate_per_s` is 0 or unset)."""
+    rate = settings.feedback_rate_per_s
+    if not rate:
+        return None
+    return TokenBuckets(rate, settings.feedback_burst)
 
 
 def _check_rate(request: Request, principal: Principal, cost: int) -> None:

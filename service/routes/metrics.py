@@ -2,9 +2,9 @@
 
 Reads from `request.app.state`, all optional:
 
-* the calibration-health collector (`service.calibration_health.collector_for`: a ready
-  ``calibration_collector``, or one built once from ``calibration_source`` and
-  ``refit_source``);
+* the calibration-health collector (`service.calibration_health.collector_for`: the one in
+  `Services`, or on an app without them a ready ``calibration_collector``, or one built once
+  from ``calibration_source`` and ``refit_source``);
 * ``prediction_writer`` — the `PredictionWriter`, whose drop/failure counters are synced at scrape.
 
 The handler is a plain ``def`` on purpose: FastAPI runs it in the thread pool, so the store read
@@ -52,7 +52,7 @@ def metrics(request: Request) -> Response:
     writer = getattr(state, "prediction_writer", None)
     if writer is not None:
         sync_prediction_writer(writer)
-    collector = collector_for(state)
+    collector = collector_for(request.app)
     collectors = [collector] if collector is not None else []
     body, content_type = render_metrics(*collectors, accept=request.headers.get("accept"))
     return Response(content=body, headers={"Content-Type": content_type})

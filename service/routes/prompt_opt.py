@@ -36,6 +36,7 @@ from service.prompt_opt import (
 )
 from service.prompt_opt.items import item_from_record
 from service.prompt_opt.job import mark_queued
+from service.services import per_app
 from service.settings import Settings
 from service.store import StoreError
 
@@ -81,10 +82,7 @@ class PromptOptimizationRequest(BaseModel):
 
 
 def _jobs(request: Request) -> set[asyncio.Task[Any]]:
-    state = request.app.state
-    if not hasattr(state, "prompt_opt_tasks"):
-        state.prompt_opt_tasks = set()
-    return state.prompt_opt_tasks
+    return per_app(request.app, "prompt_opt_tasks", set)
 
 
 async def _store_call(function: Any, *args: Any) -> Any:
