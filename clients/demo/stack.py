@@ -71,39 +71,44 @@ class Stack:
         """Use `engine_url`, or a healthy engine on the default port, or prepare and start one."""
         if engine_url:
             self.engine_url = engine_url.rstrip("/")
-            return self.engine_url
-        default = f"http://127.0.0.1:{DEFAULT_ENGINE_PORT}"
-        if healthy(f"{default}/health"):
-            self.log(f"using the engine already running at {default}/v1")
-            self.engine_url = f"{default}/v1"
-            return self.engine_url
-        self.log("preparing the embedded engine (first run: installs vLLM CPU, converts Gemma)")
-        subprocess.run(_calib("engine", "prepare"), check=True)
-        port = DEFAULT_ENGINE_PORT if _port_free(DEFAULT_ENGINE_PORT) else free_port()
-        subprocess.run(_calib("engine", "start", "--port", str(port)), check=True)
-        self.engine_port, self.started_engine = port, True
-        self.engine_url = f"http://127.0.0.1:{port}/v1"
+        else:
+            self.engine_url, self.engine_port = self._embedded(
+                DEFAULT_ENGINE_PORT,
+                (),
+                "the engine",
+                "the embedded engine (first run: installs vLLM CPU, converts Gemma)",
+            )
+            self.started_engine = self.engine_port is not None
         return self.engine_url
 
     def start_vlm(self, vlm_url: str | None) -> str:
         """Use `vlm_url`, or a healthy tiny VLM on its default port, or prepare and start it."""
         if vlm_url:
             self.vlm_url = vlm_url.rstrip("/")
-            return self.vlm_url
-        default = f"http://127.0.0.1:{DEFAULT_VLM_PORT}"
-        if healthy(f"{default}/health"):
-            self.log(f"using the tiny VLM already running at {default}/v1")
-            self.vlm_url = f"{default}/v1"
-            return self.vlm_url
-        self.log("preparing the tiny VLM (first run: torchvision shim, assembles the LLaVA)")
-        subprocess.run(_calib("engine", "prepare", "--model", VLM_MODEL), check=True)
-        port = DEFAULT_VLM_PORT if _port_free(DEFAULT_VLM_PORT) else free_port()
-        subprocess.run(
-            _calib("engine", "start", "--model", VLM_MODEL, "--port", str(port)), check=True
-        )
-        self.vlm_port, self.started_vlm = port, True
-        self.vlm_url = f"http://127.0.0.1:{port}/v1"
+        else:
+            self.vlm_url, self.vlm_port = self._embedded(
+                DEFAULT_VLM_PORT,
+                ("--model", VLM_MODEL),
+                "the tiny VLM",
+                "the tiny VLM (first run: torchvision shim, assembles the LLaVA)",
+            )
+            self.started_vlm = self.vlm_port is not None
         return self.vlm_url
+
+    def _embedded(
+        self, default_port: int, model_args: tuple[str, ...], name: str, preparing: str
+    ) -> tuple[str, int | None]:
+        """(base URL, port we started it on or None): a healthy engine on `default_port`, or
+        one prepared and started by `calib engine`."""
+        default = f"http://127.0.0.1:{default_port}"
+        if healthy(f"{default}/health"):
+            self.log(f"using {name} already running at {default}/v1")
+            return f"{default}/v1", None
+        self.log(f"preparing {preparing}")
+        subprocess.run(_calib("engine", "prepare", *model_args), check=True)
+        port = default_port if _port_free(default_port) else free_port()
+        subprocess.run(_calib("engine", "start", *model_args, "--port", str(port)), check=True)
+        return f"http://127.0.0.1:{port}/v1", port
 
     def start_gateway(self, config_file: Path, db_url: str, port: int | None = None) -> str:
         port = port or free_port()

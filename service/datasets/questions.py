@@ -22,7 +22,7 @@ import string
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 from service.datasets.countries import FEW_SHOT_COUNTRIES, Country, countries, normalize
 from service.datasets.fake_names import invented_countries
@@ -133,7 +133,13 @@ def build_question_set(
     return questions
 
 
-def write_jsonl(questions: Iterable[Question], path: Path) -> int:
+class JsonRecord(Protocol):
+    """A question of any form: it knows its JSONL object."""
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+def write_jsonl(questions: Iterable[JsonRecord], path: Path) -> int:
     """Write one JSON object per line (stable key order); return how many were written."""
     count = 0
     with path.open("w", encoding="utf-8") as fh:
@@ -143,9 +149,14 @@ def write_jsonl(questions: Iterable[Question], path: Path) -> int:
     return count
 
 
-def read_jsonl(path: Path) -> list[Question]:
+def read_json_lines(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL file (blank lines skipped)."""
     with path.open(encoding="utf-8") as fh:
-        return [Question.from_json(json.loads(line)) for line in fh if line.strip()]
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def read_jsonl(path: Path) -> list[Question]:
+    return [Question.from_json(obj) for obj in read_json_lines(path)]
 
 
 # -- builders -----------------------------------------------------------------------------------

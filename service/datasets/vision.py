@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -29,6 +28,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from service.datasets.questions import read_json_lines, write_jsonl
 
 SIZE = 64
 FAMILIES: tuple[str, ...] = ("colour", "shape", "count", "position")
@@ -230,17 +231,12 @@ def build_vision_set(
 
 
 def write_vision_jsonl(questions: Iterable[VisionQuestion], path: Path) -> int:
-    count = 0
-    with path.open("w", encoding="utf-8") as fh:
-        for q in questions:
-            fh.write(json.dumps(q.to_json(), ensure_ascii=False) + "\n")
-            count += 1
-    return count
+    """The same JSONL writer as the text forms (one object per line)."""
+    return write_jsonl(questions, path)
 
 
 def read_vision_jsonl(path: Path) -> list[VisionQuestion]:
-    with path.open(encoding="utf-8") as fh:
-        return [VisionQuestion.from_json(json.loads(line)) for line in fh if line.strip()]
+    return [VisionQuestion.from_json(obj) for obj in read_json_lines(path)]
 
 
 # -- drawing ------------------------------------------------------------------------------------
