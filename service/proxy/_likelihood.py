@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from service.errors import APIError
+from service.proxy._body import dumps
 from service.proxy._plan import CalibrationPlan
 from service.proxy._upstream import Upstream, UpstreamTarget
 
@@ -163,18 +164,14 @@ async def completion_likelihoods(
     request = completion_request(body, options)
     if request is None:
         return None
-    reply = await upstream.post_json(target, "completions", _dumps(request))
+    reply = await upstream.post_json(target, "completions", dumps(request))
     choices = reply.body.get("choices") if isinstance(reply.body, dict) else None
     if not isinstance(choices, list) or len(choices) != len(options):
         return None
     by_index = {c.get("index", k): c for k, c in enumerate(choices) if isinstance(c, dict)}
-    out = []
-    for k, option in enumerate(options):
-        lp = sum_option_logprobs((by_index.get(k) or {}).get("prompt_logprobs"), option)
-        if lp is None:
-            return None
-        out.append(lp)
-    return out
+    return _each_option(
+        [(by_index.get(k) or {}).get("prompt_logprobs") for k in range(len(options))], options
+    )
 
 
 async def chat_likelihoods(
@@ -184,20 +181,21 @@ async def chat_likelihoods(
     if requests is None:
         return None
     replies = await asyncio.gather(
-        *(upstream.post_json(target, "chat/completions", _dumps(r)) for r in requests)
+        *(upstream.post_json(target, "chat/completions", dumps(r)) for r in requests)
     )
+    bodies = [reply.body if isinstance(reply.body, dict) else {} for reply in replies]
+    return _each_option([body.get("prompt_logprobs") for body in bodies], options)
+
+
+def _each_option(prompt_logprobs: Sequence[Any], options: Sequence[str]) -> list[float] | None:
+    """Every option's log-likelihood from its request's `prompt_logprobs` (None if any lacks)."""
     out = []
-    for option, reply in zip(options, replies, strict=True):
-        data = reply.body if isinstance(reply.body, dict) else {}
-        lp = sum_option_logprobs(data.get("prompt_logprobs"), option)
+    for entries, option in zip(prompt_logprobs, options, strict=True):
+        lp = sum_option_logprobs(entries, option)
         if lp is None:
             return None
         out.append(lp)
     return out
-
-
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def start_option_likelihoods(
