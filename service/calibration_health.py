@@ -45,7 +45,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.utils import floatToGoString
 
-from calibrators import population_stability_index
+from calibrators import Profile, population_stability_index
 from service.metrics import REFIT_BUCKETS, REFIT_OUTCOME_OF_STATUS, REFIT_OUTCOMES, STAGES
 from service.refit.job import FITTED_STATUSES
 from service.services import per_app
@@ -56,7 +56,6 @@ __all__ = [
     "CalibrationCollector",
     "CalibrationSource",
     "CalibrationState",
-    "ProfileLike",
     "RefitSource",
     "RefitTallyLike",
     "collector_for",
@@ -64,17 +63,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-@runtime_checkable
-class ProfileLike(Protocol):
-    """What the collector reads from a `calibrators.Profile` (attributes only)."""
-
-    version: int
-    method: str
-    calibrator: Mapping[str, Any]
-    threshold: float | None
-    metrics: Mapping[str, Any] | None
 
 
 @dataclass(frozen=True)
@@ -87,8 +75,8 @@ class CalibrationState:
 
     model: str
     task: str
-    #: The active `calibrators.Profile` (or any object with the `ProfileLike` attributes).
-    profile: Any | None = None
+    #: The active profile (None: no profile yet).
+    profile: Profile | None = None
     #: The metrics stored with the active version (`ProfileVersion.metrics`); `profile.metrics`
     #: is used when this is None.
     metrics: Mapping[str, Any] | None = None
@@ -252,11 +240,8 @@ def _lookup(metrics: Mapping[str, Any], name: str, stage: str | None = None) -> 
     return None
 
 
-def _temperature(profile: Any) -> float | None:
-    number = _number(getattr(profile, "temperature", None))
-    if number is not None:
-        return number
-    calibrator = getattr(profile, "calibrator", None)
+def _temperature(profile: Profile) -> float | None:
+    calibrator = profile.calibrator
     if isinstance(calibrator, Mapping):
         number = _number(calibrator.get("temperature"))
         if number is None and isinstance(calibrator.get("params"), Mapping):
@@ -358,7 +343,8 @@ class CalibrationCollector:
         state: CalibrationState, add: Callable[[str, Sequence[str], float | None], None]
     ) -> None:
         profile = state.profile
-        metrics: Mapping[str, Any] = state.metrics or getattr(profile, "metrics", None) or {}
+        stored = profile.metrics if profile is not None else None
+        metrics: Mapping[str, Any] = state.metrics or stored or {}
         if not isinstance(metrics, Mapping):
             metrics = {}
         key = (state.model, state.task)
@@ -377,18 +363,18 @@ class CalibrationCollector:
             (*key, "calibrated"),
             _number(state.recent_mean_calibrated_confidence),
         )
-        choice = getattr(profile, "threshold_choice", None)
+        choice = profile.threshold_choice if profile is not None else None
         choice = choice if isinstance(choice, Mapping) else {}
         for name in ("coverage", "selective_risk"):
             value = _lookup(metrics, name)
             add(f"calib_{name}", key, value if value is not None else _lookup(choice, name))
         if profile is not None:
             add("calib_temperature", key, _temperature(profile))
-            add("calib_threshold", key, _number(getattr(profile, "threshold", None)))
-            add("calib_profile_version", key, _number(getattr(profile, "version", None)))
+            add("calib_threshold", key, _number(profile.threshold))
+            add("calib_profile_version", key, _number(profile.version))
         labels = _lookup(metrics, "labels")
-        if labels is None:
-            labels = _number(getattr(profile, "n_labels", None))
+        if labels is None and profile is not None:
+            labels = _number(profile.n_labels)
         add("calib_labels", key, labels)
         add("calib_confidence_drift_psi", key, _number(state.confidence_psi))
         add(
