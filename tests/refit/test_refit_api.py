@@ -55,13 +55,16 @@ def probe(api, double, task):
     return ask(api, double, [PROBE], task)[0]
 
 
+SEEDS = {"label": 11, "correct": 12, "mixed": 13}
+
+
 @pytest.mark.parametrize(("how", "tolerance"), [("label", 0.25), ("correct", 0.4), ("mixed", 0.3)])
 def test_refit_recovers_the_temperature_and_is_served_exactly(api, double, how, tolerance):
     task = f"t-{how}"
     before = probe(api, double, task)
     assert before["method"] == "none" and before["profile_version"] == 0
 
-    items = option_items(1200, T_TRUE, seed=hash(how) % 1000)
+    items = option_items(1200, T_TRUE, seed=SEEDS[how])  # str hash() varies per process
     cals = ask(api, double, items, task)
     label(api, cals, items, how)
 
