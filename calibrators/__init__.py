@@ -6,6 +6,7 @@ values and store what ``to_dict()`` returns.
 
 from .drift import ks_statistic, population_stability_index
 from .isotonic import IsotonicCalibrator
+from .logistic import CONFIDENCE_LOGIT, FeatureLogistic, confidence_logit
 from .metrics import (
     ReliabilityBin,
     aurc,
@@ -50,6 +51,7 @@ from .vocab import (
 __all__ = [
     "ABSTAIN_POLICIES",
     "ABSTAIN_REASONS",
+    "CONFIDENCE_LOGIT",
     "METHODS",
     "MODES",
     "SCORINGS",
@@ -58,6 +60,7 @@ __all__ = [
     "Calibrated",
     "Candidate",
     "Evaluation",
+    "FeatureLogistic",
     "IsotonicCalibrator",
     "Method",
     "Mode",
@@ -77,6 +80,7 @@ __all__ = [
     "auroc",
     "better",
     "brier_score",
+    "confidence_logit",
     "expected_calibration_error",
     "grid_search_temperature",
     "ks_statistic",

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
 from .isotonic import IsotonicCalibrator
+from .logistic import CONFIDENCE_LOGIT, FeatureLogistic
 from .platt import PlattScaler
 from .scoring import OptionScore, SequenceScore, _softmax
 from .temperature import TemperatureScaler
@@ -22,12 +24,16 @@ from .vocab import ABSTAIN_POLICIES, METHODS, MODES, AbstainPolicy, Method, Mode
 
 __all__ = ["Calibrated", "Profile", "apply_profile"]
 
+FittedCalibrator = TemperatureScaler | PlattScaler | IsotonicCalibrator | FeatureLogistic
+
 _CALIBRATOR_TYPES: dict[
-    str, type[TemperatureScaler] | type[PlattScaler] | type[IsotonicCalibrator]
+    str,
+    type[TemperatureScaler] | type[PlattScaler] | type[IsotonicCalibrator] | type[FeatureLogistic],
 ] = {
     "temperature": TemperatureScaler,
     "platt": PlattScaler,
     "isotonic": IsotonicCalibrator,
+    "logistic": FeatureLogistic,
 }
 
 
@@ -80,7 +86,7 @@ class Profile:
         return cls(model=model, task=task, version=0, method="none")
 
     @cached_property
-    def fitted_calibrator(self) -> TemperatureScaler | PlattScaler | IsotonicCalibrator | None:
+    def fitted_calibrator(self) -> FittedCalibrator | None:
         """The calibrator rebuilt from ``calibrator`` (None for method "none"); cached."""
         if self.method == "none" or self.calibrator is None:
             return None
@@ -123,13 +129,16 @@ def apply_profile(
     score: OptionScore | SequenceScore,
     *,
     threshold: float | None = None,
+    signals: Mapping[str, float | None] | None = None,
 ) -> Calibrated:
     """Calibrate one raw score with ``profile``; ``threshold`` overrides the profile's.
 
     * options + temperature: exact option-restricted temperature scaling of every option;
-    * options + platt/isotonic: the chosen option's raw probability is mapped, ``option_probs``
-      stay the raw (T = 1) ones;
-    * sequence + platt/isotonic: ``exp(mean logprob)`` is mapped;
+    * options + platt/isotonic/logistic: the chosen option's raw probability is mapped,
+      ``option_probs`` stay the raw (T = 1) ones;
+    * sequence + platt/isotonic/logistic: ``exp(mean logprob)`` is mapped;
+    * logistic reads its features from ``signals`` (``{name: value}``; ``confidence_logit`` is
+      computed here from the raw confidence); a missing signal takes its training mean;
     * sequence + temperature is not applicable: reported as method "none", confidence = raw.
     """
     limit = profile.threshold if threshold is None else threshold
@@ -155,7 +164,7 @@ def apply_profile(
         else:
             temperature = 1.0 if calibrator is None else None
             probs = raw_probs
-            confidence = raw if calibrator is None else calibrator._predict_scalar(raw)
+            confidence = raw if calibrator is None else _map_raw(calibrator, raw, signals)
         by_option: dict[str, float] = {}
         for option, p in zip(score.options, probs, strict=True):
             by_option.setdefault(option, p)
@@ -166,8 +175,8 @@ def apply_profile(
         temperature, option_probs, answer = None, None, None
         if raw is None:
             return Calibrated(None, None, method, None, limit, None, None, False)
-        if isinstance(calibrator, PlattScaler | IsotonicCalibrator):
-            confidence = calibrator._predict_scalar(raw)
+        if isinstance(calibrator, PlattScaler | IsotonicCalibrator | FeatureLogistic):
+            confidence = _map_raw(calibrator, raw, signals)
         else:
             method, confidence = "none", raw
 
@@ -186,3 +195,17 @@ def apply_profile(
         answer=answer,
         below_threshold=below,
     )
+
+
+def _map_raw(
+    calibrator: PlattScaler | IsotonicCalibrator | FeatureLogistic,
+    raw: float,
+    signals: Mapping[str, float | None] | None,
+) -> float:
+    """A one-answer map of the raw confidence (plus, for logistic, the named signals)."""
+    if isinstance(calibrator, FeatureLogistic):
+        values: dict[str, float | None] = dict(signals or {})
+        p = min(max(raw, 1e-6), 1.0 - 1e-6)
+        values[CONFIDENCE_LOGIT] = math.log(p) - math.log1p(-p)
+        return calibrator.predict_row(values)
+    return calibrator._predict_scalar(raw)

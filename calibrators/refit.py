@@ -6,8 +6,11 @@ comes back. The procedure (docs/architecture.md, "Refit loop"):
 1. split the items deterministically by a hash of their id into a fit part and a held-out part, so
    a retry on the same data gives the same answer and a prediction never moves between parts;
 2. fit every applicable calibrator on the fit part (temperature for options mode; Platt, and
-   isotonic above ``isotonic_min_labels``, for sequence mode) and keep the one with the lowest
-   held-out NLL;
+   isotonic above ``isotonic_min_labels``, for sequence mode; in both modes a multi-feature
+   logistic map per ``feature_sets`` entry whose signals the data carries) and keep the one with
+   the lowest held-out NLL. When a logistic candidate competes in options mode, every candidate
+   (and the champion) is judged on the binary NLL of the answer's confidence, the only
+   probability a logistic map gives;
 3. choose the abstain threshold on the held-out part with :func:`select_threshold` — the
    calibrator is fixed before these items are seen, which is what Learn-Then-Test needs (the only
    reuse is the pick among at most three calibrators by held-out NLL; see docs/refit.md);
@@ -27,6 +30,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .isotonic import IsotonicCalibrator
+from .logistic import CONFIDENCE_LOGIT, FeatureLogistic, confidence_logit
 from .metrics import (
     auroc,
     brier_score,
@@ -50,7 +54,8 @@ class LabeledSet:
 
     Options mode: ``option_logprobs`` is ``(n, k)`` padded with ``-inf``; ``labels[i]`` is the true
     option index or -1 when only correctness is known; ``chosen[i]`` is the answered option's index.
-    Sequence mode: ``raw_confidence`` is ``exp(mean token logprob)``. Both: ``correct`` (0/1).
+    Sequence mode: ``raw_confidence`` is ``exp(mean token logprob)``. Both: ``correct`` (0/1),
+    and ``signals``: named per-item signals for multi-feature calibration (NaN = not measured).
     """
 
     ids: list[str]
@@ -60,6 +65,7 @@ class LabeledSet:
     labels: np.ndarray | None = None
     chosen: np.ndarray | None = None
     raw_confidence: np.ndarray | None = None
+    signals: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -76,6 +82,7 @@ class LabeledSet:
             labels=pick(self.labels),
             chosen=pick(self.chosen),
             raw_confidence=pick(self.raw_confidence),
+            signals={name: values[mask] for name, values in self.signals.items()},
         )
 
 
@@ -90,6 +97,11 @@ class RefitPolicy:
     target_risk: float = 0.1
     delta: float = 0.1
     target_coverage: float | None = None
+    #: Multi-feature logistic candidates: each entry names its features (``confidence_logit``
+    #: or a key of ``LabeledSet.signals``); one is fitted when the data carries every signal.
+    feature_sets: tuple[tuple[str, ...], ...] = ()
+    #: A signal counts as carried when at least this share of the items measured it.
+    min_signal_share: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -111,8 +123,28 @@ def holdout_mask(ids: list[str], fraction: float) -> np.ndarray:
 _IDENTITY_SCALER = TemperatureScaler.from_dict({"temperature": 1.0})
 
 
+def _raw_top_label(data: LabeledSet) -> np.ndarray:
+    """The raw (T = 1) confidence of the answer each item gave."""
+    if data.mode == "options":
+        return _IDENTITY_SCALER.confidence(data.option_logprobs, data.chosen)
+    return np.asarray(data.raw_confidence, dtype=np.float64)
+
+
+def _feature_matrix(data: LabeledSet, names: tuple[str, ...]) -> np.ndarray:
+    """Columns of ``names`` (NaN where a signal was not measured or is not carried at all)."""
+    columns = []
+    for name in names:
+        if name == CONFIDENCE_LOGIT:
+            columns.append(confidence_logit(_raw_top_label(data)))
+        else:
+            columns.append(data.signals.get(name, np.full(len(data), np.nan)))
+    return np.column_stack(columns) if columns else np.empty((len(data), 0))
+
+
 def _top_label_conf(calibrator: Any, data: LabeledSet) -> np.ndarray:
     """Confidence of the chosen option (options) or of the answer (sequence); None = identity."""
+    if isinstance(calibrator, FeatureLogistic):
+        return calibrator.predict_proba(_feature_matrix(data, calibrator.features_))
     if data.mode == "options":
         scaler = calibrator if calibrator is not None else _IDENTITY_SCALER
         return scaler.confidence(data.option_logprobs, data.chosen)
@@ -120,9 +152,13 @@ def _top_label_conf(calibrator: Any, data: LabeledSet) -> np.ndarray:
     return raw if calibrator is None else calibrator.predict_proba(raw)
 
 
-def _heldout_nll(calibrator: Any, data: LabeledSet) -> float:
-    """The champion/challenger criterion: NLL of what the labels say, on the held-out items."""
-    if data.mode == "options":
+def _heldout_nll(calibrator: Any, data: LabeledSet, *, binary: bool = False) -> float:
+    """The champion/challenger criterion: NLL of what the labels say, on the held-out items.
+
+    Options mode uses the option labels where known (multiclass), unless ``binary``: then, as in
+    sequence mode, the NLL of correctness under the answer's confidence.
+    """
+    if data.mode == "options" and not binary and not isinstance(calibrator, FeatureLogistic):
         scaler = calibrator if calibrator is not None else _IDENTITY_SCALER
         return scaler.nll(
             data.option_logprobs, data.labels, chosen=data.chosen, correct=data.correct
@@ -130,16 +166,38 @@ def _heldout_nll(calibrator: Any, data: LabeledSet) -> float:
     return negative_log_likelihood(_top_label_conf(calibrator, data), data.correct)
 
 
-def _fit_candidates(data: LabeledSet, policy: RefitPolicy) -> dict[Method, Any]:
+def _carried(data: LabeledSet, names: tuple[str, ...], share: float) -> bool:
+    for name in names:
+        if name == CONFIDENCE_LOGIT:
+            continue
+        values = data.signals.get(name)
+        if values is None or np.count_nonzero(np.isfinite(values)) < share * max(len(data), 1):
+            return False
+    return True
+
+
+def _fit_candidates(data: LabeledSet, policy: RefitPolicy) -> dict[str, Any]:
+    """The challengers by name: a method, or ``logistic:<feature>+<feature>…``."""
+    candidates: dict[str, Any]
     if data.mode == "options":
         scaler = TemperatureScaler().fit(
             data.option_logprobs, data.labels, chosen=data.chosen, correct=data.correct
         )
-        return {"temperature": scaler}
-    candidates: dict[Method, Any] = {"platt": PlattScaler().fit(data.raw_confidence, data.correct)}
-    if len(data) >= policy.isotonic_min_labels:
-        candidates["isotonic"] = IsotonicCalibrator().fit(data.raw_confidence, data.correct)
+        candidates = {"temperature": scaler}
+    else:
+        candidates = {"platt": PlattScaler().fit(data.raw_confidence, data.correct)}
+        if len(data) >= policy.isotonic_min_labels:
+            candidates["isotonic"] = IsotonicCalibrator().fit(data.raw_confidence, data.correct)
+    for names in policy.feature_sets:
+        if names and _carried(data, names, policy.min_signal_share):
+            model = FeatureLogistic(names).fit(_feature_matrix(data, names), data.correct)
+            candidates["logistic:" + "+".join(names)] = model
     return candidates
+
+
+def _method_of(calibrator: Any) -> Method:
+    kind: Method = calibrator.to_dict()["type"]
+    return kind
 
 
 def _quality(conf: np.ndarray, correct: np.ndarray) -> dict[str, float]:
@@ -168,9 +226,13 @@ def _finite(metrics: dict[str, Any]) -> dict[str, Any]:
 def _active_calibrator(active: Profile, mode: str) -> Any:
     """The active profile's calibrator if it applies to this mode, else identity (None)."""
     fitted = active.fitted_calibrator
+    if active.mode != mode:
+        return None
     if mode == "options":
-        return fitted if isinstance(fitted, TemperatureScaler) else None
-    return fitted if isinstance(fitted, PlattScaler | IsotonicCalibrator) else None
+        return fitted if isinstance(fitted, TemperatureScaler | FeatureLogistic) else None
+    return (
+        fitted if isinstance(fitted, PlattScaler | IsotonicCalibrator | FeatureLogistic) else None
+    )
 
 
 def refit_profile(
@@ -186,10 +248,15 @@ def refit_profile(
         return RefitResult(None, False, f"{n} labels split into too few fit/held-out items")
 
     candidates = _fit_candidates(fit_part, policy)
-    scored = {name: _heldout_nll(cal, test_part) for name, cal in candidates.items()}
-    method = min(scored, key=scored.__getitem__)
-    challenger = candidates[method]
-    champion_nll = _heldout_nll(_active_calibrator(active, data.mode), test_part)
+    champion = _active_calibrator(active, data.mode)
+    binary = data.mode == "options" and any(
+        isinstance(cal, FeatureLogistic) for cal in [*candidates.values(), champion]
+    )
+    scored = {name: _heldout_nll(cal, test_part, binary=binary) for name, cal in candidates.items()}
+    best = min(scored, key=scored.__getitem__)
+    challenger = candidates[best]
+    method = _method_of(challenger)
+    champion_nll = _heldout_nll(champion, test_part, binary=binary)
 
     raw_conf = _top_label_conf(None, test_part)
     cal_conf = _top_label_conf(challenger, test_part)
@@ -206,7 +273,9 @@ def refit_profile(
             "raw": _quality(raw_conf, test_part.correct),
             "calibrated": _quality(cal_conf, test_part.correct),
             "accuracy": float(np.mean(test_part.correct)),
-            "heldout_nll": {"challenger": scored[method], "champion": champion_nll, **scored},
+            "heldout_nll": {"challenger": scored[best], "champion": champion_nll, **scored},
+            "nll_criterion": "binary" if binary else "labels",
+            "chosen": best,
             "coverage": choice.coverage,
             "selective_risk": choice.risk,
             "n_fit": len(fit_part),
@@ -229,14 +298,14 @@ def refit_profile(
         n_labels=n,
         notes=None,
     )
-    if scored[method] <= champion_nll + 1e-12:
+    if scored[best] <= champion_nll + 1e-12:
         reason = (
-            f"{method} held-out NLL {scored[method]:.4f} <= active {champion_nll:.4f} "
+            f"{best} held-out NLL {scored[best]:.4f} <= active {champion_nll:.4f} "
             f"on {len(test_part)} held-out labels"
         )
         return RefitResult(candidate, True, reason, metrics)
     reason = (
-        f"{method} held-out NLL {scored[method]:.4f} worse than active {champion_nll:.4f} "
+        f"{best} held-out NLL {scored[best]:.4f} worse than active {champion_nll:.4f} "
         f"on {len(test_part)} held-out labels; active profile kept"
     )
     return RefitResult(candidate, False, reason, metrics)

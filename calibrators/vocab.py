@@ -29,7 +29,7 @@ AbstainPolicy = Literal["annotate", "replace", "off"]
 #: Why an answer abstained.
 AbstainReason = Literal["idk_option", "below_threshold"]
 #: The fitted calibrator of a profile.
-Method = Literal["none", "temperature", "platt", "isotonic"]
+Method = Literal["none", "temperature", "platt", "isotonic", "logistic"]
 #: Options mode: where the option distribution comes from (generated path or exact likelihood).
 Scoring = Literal["path", "likelihood"]
 

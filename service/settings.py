@@ -203,6 +203,16 @@ class Settings(BaseSettings):
     refit_target_coverage: float | None = Field(
         None, ge=0, le=1, description="Threshold method `coverage`: fraction to answer."
     )
+    refit_feature_sets: tuple[tuple[str, ...], ...] = Field(
+        (),
+        description=(
+            "Multi-feature logistic candidates of a refit, each a list of feature names "
+            "(`confidence_logit` or a recorded signal); fitted when the labels carry the signals."
+        ),
+    )
+    refit_min_signal_share: float = Field(
+        0.5, gt=0, le=1, description="A signal is carried when this share of labels measured it."
+    )
     refit_max_age_s: float | None = Field(
         30 * 86400.0, gt=0, description="Rolling window: labels older than this are not used."
     )

@@ -16,7 +16,7 @@ answer is empty), `confidence` is null and `reason` says why; the answer is retu
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -110,11 +110,15 @@ def _finite(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _features(score: Any) -> dict[str, Any]:
+def _features(score: Any, signals: Mapping[str, float | None] | None = None) -> dict[str, Any]:
+    """What is recorded with the prediction: the score's fields, plus finite named signals."""
     out: dict[str, Any] = {}
     for f in fields(score):
         value = getattr(score, f.name)
         out[f.name] = list(value) if isinstance(value, tuple) else value
+    kept = {name: v for name, value in (signals or {}).items() if (v := _finite(value)) is not None}
+    if kept:
+        out["signals"] = kept
     return out
 
 
@@ -161,11 +165,14 @@ def calibrate_choice(
     profile: Profile,
     model: str,
     likelihoods: Sequence[float] | None = None,
+    signals: Mapping[str, float | None] | None = None,
 ) -> Outcome:
     """Score one choice's logprobs, calibrate with `profile`, decide abstention.
 
     `likelihoods` (options mode, `scoring: "likelihood"`): each option's log-likelihood after the
     prompt (`_likelihood.py`); the generated text still decides the answer.
+    `signals`: named per-answer signals beyond the score (e.g. visual reliance) for a
+    multi-feature (logistic) profile; recorded under `features["signals"]` so refits can use them.
     """
     # A profile fitted for the other mode cannot calibrate this score: fall back to identity.
     if profile.mode != plan.mode and profile.method != "none":
@@ -186,7 +193,7 @@ def calibrate_choice(
         if score.n_tokens == 0:
             return _empty(plan, profile, EMPTY_ANSWER)
 
-    calibrated = apply_profile(profile, score, threshold=plan.threshold)
+    calibrated = apply_profile(profile, score, threshold=plan.threshold, signals=signals)
     confidence = _finite(calibrated.confidence)
     answer = calibrated.answer if plan.mode == "options" else (text or "").strip() or None
 
@@ -211,7 +218,7 @@ def calibrate_choice(
         answer=answer,
         option_probs=_option_probs(plan.options, calibrated.option_probs),
         profile_version=profile.version,
-        features=_features(score),
+        features=_features(score, signals),
         scoring=score.scoring if isinstance(score, OptionScore) else None,
     )
 

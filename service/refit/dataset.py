@@ -62,6 +62,30 @@ class DatasetInfo:
         }
 
 
+class _Signals:
+    """Named per-item signals (`features["signals"]`) as columns, NaN where an item has none."""
+
+    def __init__(self) -> None:
+        self.columns: dict[str, list[float]] = {}
+        self.n = 0
+
+    def add(self, features: dict[str, object] | None) -> None:
+        raw = (features or {}).get("signals")
+        signals = raw if isinstance(raw, dict) else {}
+        for name, value in signals.items():
+            column = self.columns.get(name)
+            if column is None:
+                column = self.columns[name] = [math.nan] * self.n
+            column.append(float(value) if isinstance(value, int | float) else math.nan)
+        self.n += 1
+        for column in self.columns.values():
+            if len(column) < self.n:
+                column.append(math.nan)
+
+    def build(self) -> dict[str, np.ndarray]:
+        return {name: np.asarray(values, dtype=np.float64) for name, values in self.columns.items()}
+
+
 class _Options:
     def __init__(self) -> None:
         self.ids: list[str] = []
@@ -69,6 +93,7 @@ class _Options:
         self.labels: list[int] = []
         self.chosen: list[int] = []
         self.correct: list[float] = []
+        self.signals = _Signals()
         self.unusable = 0
 
     def add(self, rows: list[LabeledRow]) -> None:
@@ -92,6 +117,7 @@ class _Options:
             self.labels.append(int(label))
             self.chosen.append(int(chosen))
             self.correct.append(1.0 if row.correct else 0.0)
+            self.signals.add(features)
         if vectors:
             width = max(len(vector) for vector in vectors)
             chunk = np.full((len(vectors), width), -np.inf)
@@ -113,6 +139,7 @@ class _Options:
             option_logprobs=matrix,
             labels=np.asarray(self.labels, dtype=np.int64),
             chosen=np.asarray(self.chosen, dtype=np.int64),
+            signals=self.signals.build(),
         )
 
 
@@ -121,6 +148,7 @@ class _Sequence:
         self.ids: list[str] = []
         self.raw: list[float] = []
         self.correct: list[float] = []
+        self.signals = _Signals()
         self.unusable = 0
 
     def add(self, rows: list[LabeledRow]) -> None:
@@ -132,6 +160,7 @@ class _Sequence:
             self.ids.append(row.id)
             self.raw.append(float(raw))
             self.correct.append(1.0 if row.correct else 0.0)
+            self.signals.add(row.features)
 
     def build(self) -> LabeledSet:
         return LabeledSet(
@@ -139,6 +168,7 @@ class _Sequence:
             mode="sequence",
             correct=np.asarray(self.correct, dtype=np.float64),
             raw_confidence=np.asarray(self.raw, dtype=np.float64),
+            signals=self.signals.build(),
         )
 
 
