@@ -8,7 +8,9 @@ Two kinds of metrics, with two ways of being correct when uvicorn runs several w
   command sets ``PROMETHEUS_MULTIPROC_DIR`` *before* any worker imports prometheus-client, every
   worker then writes its values to memory-mapped files in that directory, and `render_metrics`
   merges all files (`MultiProcessCollector`), so whichever worker answers the scrape reports the
-  sum over all workers. None of these metrics is a gauge, so no multiprocess gauge mode is needed.
+  sum over all workers. The one gauge among them, `calib_visual_reliance_low_share`, is a share
+  over each worker's own recent window; it is exported in ``mostrecent`` mode (the value the
+  last probed answer set, in any worker: each worker's window is a sample of the same traffic).
 * **Calibration health and refits** (ECE, Brier, NLL, accuracy, temperature, threshold,
   coverage, selective risk, profile version, labels, drift, last successful and failed refit, and
   the refit counters and duration histogram) are not process state at all: the collector in
@@ -47,6 +49,7 @@ from prometheus_client import (
     PROCESS_COLLECTOR,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     disable_created_metrics,
     values,
@@ -109,6 +112,7 @@ ABSTAIN_REASONS = ("idk_option", "below_threshold")
 PREDICTION_MODES = MODES
 FEEDBACK_OUTCOMES = ("correct", "incorrect", "unchanged", "rejected")
 REFIT_OUTCOMES = ("activated", "rejected", "failed")
+VISUAL_PROBE_STATUSES = ("done", "skipped", "failed")
 #: A refit's stored status → its `outcome` label (a fit with too few labels did not activate).
 REFIT_OUTCOME_OF_STATUS = {
     "activated": "activated",
@@ -291,6 +295,73 @@ FEEDBACK = Counter(
     ["model", "outcome"],
     registry=REGISTRY,
 )
+
+
+VISUAL_RELIANCE = Histogram(
+    "calib_visual_reliance",
+    "Visual reliance of probed answers: how much the answer's probability depends on the image "
+    "(0 = not at all, 1 = entirely; docs/api.md).",
+    ["model", "task"],
+    buckets=CONFIDENCE_BUCKETS,
+    registry=REGISTRY,
+)
+VISUAL_RELIANCE_LOW_SHARE = Gauge(
+    "calib_visual_reliance_low_share",
+    "Share of the last probed answers (up to 500 per model and task, per worker) whose visual "
+    "reliance is below the model's `visual_probe.low_reliance_floor`: answers that ignore the "
+    "image.",
+    ["model", "task"],
+    registry=REGISTRY,
+    multiprocess_mode="mostrecent",
+)
+VISUAL_PROBES = Counter(
+    "calib_visual_probes",
+    "Visual-reliance probes by status: done, skipped (no data-URL image, ...), failed.",
+    ["model", "status"],
+    registry=REGISTRY,
+)
+#: Probed answers per (model, task) window of `calib_visual_reliance_low_share`.
+LOW_RELIANCE_WINDOW = 500
+
+
+class _LowShare:
+    """The share of recent reliances below a floor, per label pair (a ring of booleans)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._rings: dict[tuple[str, str], tuple[list[bool], list[int]]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, key: tuple[str, str], low: bool) -> float:
+        with self._lock:
+            ring, state = self._rings.setdefault(key, ([], [0, 0]))  # state: next slot, lows
+            if len(ring) < self._size:
+                ring.append(low)
+            else:
+                slot = state[0]
+                state[1] -= ring[slot]
+                ring[slot] = low
+                state[0] = (slot + 1) % self._size
+            state[1] += low
+            return state[1] / len(ring)
+
+
+_low_share = _LowShare(LOW_RELIANCE_WINDOW)
+
+
+def observe_visual_probe(
+    model: str, task: str, status: str, reliance: float | None, floor: float
+) -> None:
+    """Record one probed answer: its status, and when measured its reliance (histogram) and
+    whether it is below `floor` (the low-reliance share)."""
+    model_label = _model_label(model)
+    VISUAL_PROBES.labels(model_label, _choice(status, VISUAL_PROBE_STATUSES, "status")).inc()
+    if reliance is None or not math.isfinite(reliance):
+        return
+    task_label = _task_label(task)
+    VISUAL_RELIANCE.labels(model_label, task_label).observe(reliance)
+    share = _low_share.add((model_label, task_label), reliance < floor)
+    VISUAL_RELIANCE_LOW_SHARE.labels(model_label, task_label).set(share)
 
 
 def observe_request(

@@ -21,6 +21,7 @@ from pydantic_settings import (
 from calibrators.vocab import AbstainPolicy, Mode, Scoring
 
 SystemPromptPolicy = Literal["prepend", "replace", "off"]
+Perturbation = Literal["blank", "noise", "blur"]
 
 
 def read_key_file(path: Path, what: str) -> SecretStr:
@@ -60,6 +61,30 @@ def _empty_as_none(value: Any) -> Any:
 def default_data_dir() -> Path:
     """Where the gateway and the embedded engine keep state (`CALIB_DATA_DIR`)."""
     return Path(os.environ.get("CALIB_DATA_DIR", Path.home() / ".cache" / "mllm-calib"))
+
+
+class VisualProbeConfig(BaseModel):
+    """The visual-reliance probe of a model (docs/api.md, "Visual-reliance probe")."""
+
+    enabled: bool = Field(
+        False, description="Probe answers with images (a request's `visual_probe` overrides)."
+    )
+    sample_rate: float = Field(
+        1.0, ge=0, le=1, description="Share of eligible requests probed when enabled."
+    )
+    perturbation: Perturbation = Field(
+        "blank", description="How each image is perturbed: blank (uniform grey), noise, blur."
+    )
+    timeout_s: float | None = Field(
+        None, gt=0, description="Give up on the probe after this long (default: upstream timeout)."
+    )
+    low_reliance_floor: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Answers with visual reliance below this count as ignoring the image "
+        "(`calib_visual_reliance_low_share`).",
+    )
 
 
 class ModelConfig(BaseModel):
@@ -106,6 +131,12 @@ class ModelConfig(BaseModel):
         "path",
         description="Options mode: read the option distribution off the generated tokens "
         "(path) or score every option's text after the prompt in one extra request (likelihood).",
+    )
+
+    visual_probe: VisualProbeConfig = Field(
+        default_factory=VisualProbeConfig,
+        description="Ask again with each image perturbed to measure how much the answer relies "
+        "on it (`calibration.visual_reliance`).",
     )
 
     _empty_key = field_validator("api_key", "api_key_file", mode="before")(_empty_as_none)
@@ -204,7 +235,7 @@ class Settings(BaseSettings):
         None, ge=0, le=1, description="Threshold method `coverage`: fraction to answer."
     )
     refit_feature_sets: tuple[tuple[str, ...], ...] = Field(
-        (),
+        (("confidence_logit", "visual_reliance"),),
         description=(
             "Multi-feature logistic candidates of a refit, each a list of feature names "
             "(`confidence_logit` or a recorded signal); fitted when the labels carry the signals."

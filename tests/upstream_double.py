@@ -13,6 +13,12 @@ Reply types:
   connection after the events instead of finishing the stream;
 - `Stall(seconds, then)`: wait before answering (to test timeouts);
 - `Drop()`: announce a body, send half of it and cut the connection.
+- `Await(condition, then)`: answer `then` only once `condition(double.requests)` holds (or
+  after `timeout`, counted in `double.await_timeouts`) — to prove two requests were in flight
+  together without measuring time.
+
+`vision_reply(...)` answers like a VLM whose option logprobs depend on the image: a clear
+picture gives a confident answer, a uniform (blank) image a flat distribution (`image_kind`).
 
 Set `double.api_key` to make it behave like `vllm serve --api-key KEY`: every `/v1` request
 without `Authorization: Bearer KEY` is answered 401 `{"error": "Unauthorized"}` (vLLM's exact
@@ -39,6 +45,7 @@ from typing import Any
 import uvicorn
 
 __all__ = [
+    "Await",
     "Drop",
     "Gate",
     "JSONReply",
@@ -57,7 +64,9 @@ __all__ = [
     "completion_choices",
     "completion_response",
     "completion_stream",
+    "image_kind",
     "legacy_steps",
+    "vision_reply",
 ]
 
 _ids = itertools.count(1)
@@ -113,6 +122,13 @@ class Stall:
 @dataclass
 class Drop:
     pass
+
+
+@dataclass
+class Await:
+    condition: Callable[[list[Any]], bool]
+    then: Any
+    timeout: float = 5.0
 
 
 @dataclass
@@ -401,6 +417,7 @@ class UpstreamDouble:
         self.models_reply: Any = None
         self.api_key: str | None = None
         self.unauthorized = 0
+        self.await_timeouts = 0
         self._server = ServerThread(self._app, interface="asgi3")
 
     @property
@@ -421,6 +438,7 @@ class UpstreamDouble:
         self.models_reply = None
         self.api_key = None
         self.unauthorized = 0
+        self.await_timeouts = 0
 
     @property
     def last(self) -> RecordedRequest:
@@ -491,6 +509,14 @@ class UpstreamDouble:
         await self._send(send, reply)
 
     async def _send(self, send: Callable, reply: Any) -> None:
+        if isinstance(reply, Await):
+            deadline = time.monotonic() + reply.timeout
+            while not reply.condition(list(self.requests)):
+                if time.monotonic() > deadline:
+                    self.await_timeouts += 1
+                    break
+                await asyncio.sleep(0.005)
+            reply = reply.then
         if isinstance(reply, Stall):
             await asyncio.sleep(reply.seconds)
             reply = reply.then or JSONReply({"late": True})
@@ -583,6 +609,70 @@ def _default(path: str, body: dict[str, Any]) -> Any:
     if legacy:
         return JSONReply(completion_response(steps, model=model, text="Paris."))
     return JSONReply(chat_response(steps, model=model, content="Paris."))
+
+
+def image_kind(body: dict[str, Any]) -> str | None:
+    """What the request's first image shows: "uniform" (one colour), "picture", or None (no
+    data-URL image)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    for message in body.get("messages") or ():
+        content = message.get("content") if isinstance(message, dict) else None
+        for part in content if isinstance(content, list) else ():
+            if isinstance(part, dict) and part.get("type") == "image_url":
+                url = part["image_url"]["url"] if isinstance(part["image_url"], dict) else ""
+                if not url.startswith("data:"):
+                    return None
+                raw = base64.b64decode(url.split(",", 1)[1])
+                with Image.open(io.BytesIO(raw)) as image:
+                    extrema = image.convert("RGB").getextrema()
+                return "uniform" if all(lo == hi for lo, hi in extrema) else "picture"
+    return None
+
+
+def vision_reply(
+    answer: str = "A",
+    options: tuple[str, ...] = ("A", "B", "C", "D"),
+    *,
+    confident: float = -0.1,
+    token_logprob: Callable[[dict[str, Any]], float] | None = None,
+) -> Callable[[str, dict], Any]:
+    """A VLM-like chat reply: with a picture, `answer` at `confident` and the other options far
+    below; with a uniform image, every option at log(1/len(options)) (a flat distribution).
+
+    Scoring requests (`prompt_logprobs`: the answer appended as the assistant's turn) get one
+    prompt-logprob entry per word of that answer: `token_logprob(body)` if given, else -0.1 per
+    token with a picture and -2.0 with a uniform image.
+    """
+
+    def reply(path: str, body: dict) -> Any:
+        kind = image_kind(body)
+        model = body.get("model", "test-model")
+        if "prompt_logprobs" in body:
+            text = body["messages"][-1]["content"]
+            lp = token_logprob(body) if token_logprob else (-2.0 if kind == "uniform" else -0.1)
+            words = text.split(" ")
+            tokens = [w if i == 0 else " " + w for i, w in enumerate(words)]
+            entries: list[Any] = [None, {"1": {"logprob": -1.0, "rank": 1, "decoded_token": "Q"}}]
+            entries += [{str(10 + i): {"logprob": lp, "rank": 1, "decoded_token": t}}
+                        for i, t in enumerate(tokens)]  # fmt: skip
+            return JSONReply(chat_response(None, model=model, content="\n",
+                                           extra={"prompt_logprobs": entries}))  # fmt: skip
+        if kind == "uniform":
+            flat = math.log(1 / len(options))
+            top = [(o, flat) for o in options]
+            steps: list[Step] = [(options[0], flat, top)]
+        else:
+            top = [(o, confident if o == answer else confident - 4.0) for o in options]
+            steps = [(answer, confident, top)]
+        if body.get("stream"):
+            return StreamReply(chat_stream(steps, model=model))
+        return JSONReply(chat_response(steps, model=model))
+
+    return reply
 
 
 def _bench_reply(tokens: int, top: int) -> Callable[[str, dict], Any]:

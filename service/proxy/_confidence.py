@@ -72,6 +72,8 @@ class Outcome:
     reason: str | None = None
     features: dict[str, Any] = field(default_factory=dict)
     scoring: Scoring | None = None  # options mode: "path" or "likelihood" (what produced the probs)
+    # Public fields of optional features (the visual probe's `visual_reliance`, `visual_probe`).
+    extras: dict[str, Any] = field(default_factory=dict)
 
     def public(self, calibration_id: str, *, withheld: bool = False) -> dict[str, Any]:
         """The `calibration` object of the response (field names are the API contract).
@@ -100,6 +102,8 @@ class Outcome:
             body["scoring"] = self.scoring
         if withheld:
             body["withheld"] = True
+        if self.extras:
+            body.update(self.extras)
         return body
 
 

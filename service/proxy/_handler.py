@@ -42,6 +42,8 @@ from service.proxy._plan import CalibrationPlan, parse_calibration, resolve_plan
 from service.proxy._serving import CHAT, COMPLETIONS, Echoed, OpenAIServing
 from service.proxy._streaming import StreamContext, relay
 from service.proxy._upstream import UpstreamResponse, error_kind
+from service.proxy._visual_probe import VisualProbe, start_visual_probe
+from service.proxy._visual_probe import observe as observe_visual_probe
 from service.services import Services
 from service.settings import ModelConfig
 from service.store import PredictionRecord
@@ -178,6 +180,8 @@ def _submit(
     metrics.observe_confidence(prep.model, task, out.raw_confidence, out.confidence)
     if out.abstain_reason is not None:
         metrics.observe_abstention(prep.model, task, out.abstain_reason)
+    if prep.plan.visual_probe is not None:
+        observe_visual_probe(prep.model, task, out.features, prep.config)
 
 
 def _headers(cid: str, out: Outcome) -> dict[str, str]:
@@ -206,12 +210,16 @@ async def complete(request: Request, principal: Principal, serving: OpenAIServin
     prep: _Prepared | None = None
     upstream_s: float | None = None
     likelihoods = None  # scoring "likelihood": the options scored next to this request
+    probe: VisualProbe | None = None  # the visual-reliance probe (_visual_probe.py)
     try:
         prep = await _prepare(request, services, serving)
         upstream = services.upstream
         target = upstream.target(prep.config)  # base URL + this upstream's key
         likelihoods = start_option_likelihoods(
             upstream, target, prep.plan, prep.content, serving.likelihoods
+        )
+        probe = start_visual_probe(
+            upstream, target, prep.plan, prep.content, serving is CHAT, prep.config
         )
         t0 = clock()
         try:
@@ -222,12 +230,18 @@ async def complete(request: Request, principal: Principal, serving: OpenAIServin
         finally:
             upstream_s = clock() - t0
         if prep.stream:
-            return _stream(services, principal, prep, stream, started, upstream_s, likelihoods)
+            return _stream(
+                services, principal, prep, stream, started, upstream_s, likelihoods, probe
+            )
         option_lps = await option_likelihoods_result(likelihoods)
-        response = _finish(services, principal, prep, reply.body, option_lps)
+        if probe is not None:
+            await _settle_probe(probe, prep, reply.body)
+        response = _finish(services, principal, prep, reply.body, option_lps, probe)
     except APIError as error:
         if likelihoods is not None:
             likelihoods.cancel()
+        if probe is not None:
+            probe.cancel()
         _observe_failure(
             prep.model if prep else None, endpoint, error, clock() - started, upstream_s
         )
@@ -244,6 +258,7 @@ def _stream(
     started: float,
     upstream_s: float,
     likelihoods: asyncio.Task[list[float] | None] | None = None,
+    probe: VisualProbe | None = None,
 ) -> StreamingResponse:
     def on_done(
         outcomes: list[tuple[str, Outcome]] | None, waited: float, error: APIError | None
@@ -269,6 +284,7 @@ def _stream(
         n=prep.n,
         echoed=prep.echoed,
         likelihoods=likelihoods,
+        probe=probe,
     )
     return StreamingResponse(
         relay(upstream_response, ctx, upstream_s),
@@ -283,6 +299,7 @@ def _finish(
     prep: _Prepared,
     body: Any,
     option_lps: list[float] | None = None,
+    probe: VisualProbe | None = None,
 ) -> Response:
     """Calibrate a complete upstream body, shape it for the client, record the predictions."""
     if not isinstance(body, dict):
@@ -300,7 +317,7 @@ def _finish(
     scored: list[tuple[str, Outcome, dict[str, Any]]] = []
     for position, choice in enumerate(choices if isinstance(choices, list) else ()):
         if isinstance(choice, dict):
-            scored.append(_finish_choice(cid, position, choice, prep, option_lps))
+            scored.append(_finish_choice(cid, position, choice, prep, option_lps, probe))
     prep.serving.trim_body(body, prep.wish)
     if prep.config.served_name not in (None, prep.model):
         body["model"] = prep.model
@@ -320,12 +337,27 @@ def _finish(
     )
 
 
+async def _settle_probe(probe: VisualProbe, prep: _Prepared, body: Any) -> None:
+    """Wait for the probe of every choice (sequence mode: each answer scored under the perturbed
+    image, concurrently); never raises."""
+    choices = body.get("choices") if isinstance(body, dict) else None
+    waits = []
+    for position, choice in enumerate(choices if isinstance(choices, list) else ()):
+        if isinstance(choice, dict):
+            index = choice_index(choice, position)
+            echoed = prep.echoed[0] if prep.echoed else None
+            _, text = prep.serving.generated(choice, echoed, prep.echoed is not None)
+            waits.append(probe.settle(index, text))
+    await asyncio.gather(*waits)
+
+
 def _finish_choice(
     cid: str,
     position: int,
     choice: dict[str, Any],
     prep: _Prepared,
     option_lps: list[float] | None,
+    probe: VisualProbe | None = None,
 ) -> tuple[str, Outcome, dict[str, Any]]:
     """Score one choice (only what the model generated), withhold or trim it, attach its
     `calibration`."""
@@ -336,9 +368,18 @@ def _finish_choice(
         prompt = serving.prompt_of(index, prep.n)
         echoed = prep.echoed[prompt] if prompt < len(prep.echoed) else None
     logprobs, text = serving.generated(choice, echoed, prep.echoed is not None)
+    probed = probe.result(index, logprobs, option_lps) if probe is not None else None
     outcome = calibrate_choice(
-        logprobs, text, prep.plan, prep.profile, prep.model, likelihoods=option_lps
+        logprobs,
+        text,
+        prep.plan,
+        prep.profile,
+        prep.model,
+        likelihoods=option_lps,
+        signals=probed.signals if probed is not None else None,
     )
+    if probed is not None:
+        probed.record(outcome)
 
     serving.trim_choice(choice, prep.wish)
     withheld = outcome.abstained and prep.plan.abstain == "replace"

@@ -44,6 +44,7 @@ __all__ = [
     "option_likelihoods_result",
     "start_option_likelihoods",
     "sum_option_logprobs",
+    "text_logprobs",
 ]
 
 #: (upstream, target, upstream body, options) -> each option's log-likelihood, or None
@@ -105,10 +106,16 @@ def sum_option_logprobs(prompt_logprobs: Any, text: str) -> float | None:
     ``prompt_logprobs`` is vLLM's list (None for the first token, then ``{token_id: {logprob,
     rank, decoded_token}}`` holding the prompt's own token when 0 top logprobs are asked).
     """
+    found = text_logprobs(prompt_logprobs, text)
+    return None if found is None else found[0]
+
+
+def text_logprobs(prompt_logprobs: Any, text: str) -> tuple[float, int] | None:
+    """(sum of logprobs, number of tokens) of the last prompt tokens covering ``text``."""
     if not isinstance(prompt_logprobs, list) or not text:
         return None
     covered, total = 0, 0.0
-    for entry in reversed(prompt_logprobs):
+    for count, entry in enumerate(reversed(prompt_logprobs), start=1):
         if not isinstance(entry, dict) or not entry:
             return None
         info = next(iter(entry.values()))
@@ -117,7 +124,7 @@ def sum_option_logprobs(prompt_logprobs: Any, text: str) -> float | None:
         total += float(info["logprob"])
         covered += len(info.get("decoded_token") or "")
         if covered >= len(text):
-            return total if math.isfinite(total) else -math.inf
+            return (total if math.isfinite(total) else -math.inf), count
     return None
 
 

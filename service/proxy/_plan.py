@@ -1,8 +1,8 @@
 """The request's optional `calibration` object, validated, and the plan it resolves to.
 
 Clients may send `calibration: {options?, idk_option?, mode?, abstain?, threshold?, task?,
-add_idk_option?, idk_text?, scoring?}` next to the usual OpenAI fields. It is removed from the
-body before the body goes upstream (vLLM would reject an unknown field only in strict mode,
+add_idk_option?, idk_text?, scoring?, visual_probe?}` next to the usual OpenAI fields. It is
+removed from the body before the body goes upstream (vLLM would reject an unknown field only in strict mode,
 but it has no business there).
 
 `resolve_plan` merges, field by field, request > active profile > model configuration:
@@ -15,6 +15,7 @@ know" choice to the options and show it to the model (`_idk.py`, docs/idk.md).
 
 from __future__ import annotations
 
+import random
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 from calibrators import ABSTAIN_POLICIES, MODES, SCORINGS, AbstainPolicy, Mode, Profile, Scoring
 from service.errors import APIError
 from service.proxy._idk import choose_label
-from service.settings import ModelConfig
+from service.settings import ModelConfig, Perturbation
 
 __all__ = ["CalibrationPlan", "CalibrationRequest", "parse_calibration", "resolve_plan"]
 
@@ -37,7 +38,9 @@ _KEYS = {
     "add_idk_option",
     "idk_text",
     "scoring",
+    "visual_probe",
 }
+_PERTURBATIONS: tuple[Perturbation, ...] = ("blank", "noise", "blur")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +56,8 @@ class CalibrationRequest:
     add_idk_option: bool | None = None
     idk_text: str | None = None
     scoring: Scoring | None = None
+    # True/False: probe or not (overrides the model's `visual_probe`); a name: probe with it.
+    visual_probe: bool | Perturbation | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +76,7 @@ class CalibrationPlan:
     scoring: Scoring = (
         "path"  # options mode: "likelihood" scores each option after the prompt (_likelihood.py)
     )
+    visual_probe: Perturbation | None = None  # probe this answer with this perturbation
 
 
 def _bad(message: str, param: str) -> APIError:
@@ -147,6 +153,13 @@ def parse_calibration(raw: Any) -> CalibrationRequest:
     if scoring is not None and scoring not in SCORINGS:
         raise _bad("`scoring` must be 'path' or 'likelihood'.", "scoring")
 
+    probe = raw.get("visual_probe")
+    if probe is not None and not isinstance(probe, bool) and probe not in _PERTURBATIONS:
+        raise _bad(
+            "`visual_probe` must be true, false, or a perturbation: 'blank', 'noise' or 'blur'.",
+            "visual_probe",
+        )
+
     return CalibrationRequest(
         options=options,
         idk_option=idk,
@@ -157,7 +170,26 @@ def parse_calibration(raw: Any) -> CalibrationRequest:
         add_idk_option=add_idk,
         idk_text=idk_text.strip() if idk_text else None,
         scoring=scoring,
+        visual_probe=probe,
     )
+
+
+def _visual_probe(request: CalibrationRequest, config: ModelConfig) -> Perturbation | None:
+    """The perturbation this request is probed with: the request decides (true/false/a name);
+    else the model's `visual_probe` (enabled, then sampled at `sample_rate`)."""
+    wanted = request.visual_probe
+    probe = config.visual_probe
+    if wanted is False:
+        return None
+    if wanted is True:
+        return probe.perturbation
+    if wanted is not None:
+        return wanted
+    if not probe.enabled or probe.sample_rate <= 0.0:
+        return None
+    if probe.sample_rate < 1.0 and random.random() >= probe.sample_rate:
+        return None
+    return probe.perturbation
 
 
 def resolve_plan(
@@ -212,4 +244,5 @@ def resolve_plan(
         idk_added=idk_added and mode == "options",
         idk_text=idk_text,
         scoring=request.scoring or config.scoring,
+        visual_probe=_visual_probe(request, config),
     )

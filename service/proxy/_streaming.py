@@ -44,6 +44,7 @@ from service.proxy._likelihood import option_likelihoods_result
 from service.proxy._plan import CalibrationPlan
 from service.proxy._serving import Echoed, LogprobAccumulator, OpenAIServing
 from service.proxy._upstream import UpstreamResponse, UpstreamTransportError, upstream_error_from
+from service.proxy._visual_probe import VisualProbe
 
 __all__ = ["StreamContext", "relay"]
 
@@ -81,6 +82,7 @@ class StreamContext:
     # scoring "likelihood": the task scoring the options (or None)
     likelihoods: asyncio.Task[list[float] | None] | None = None
     option_lps: list[float] | None = None  # its result, awaited before the first choice scores
+    probe: VisualProbe | None = None  # the visual-reliance probe, settled before a choice scores
     _choices: dict[int, _Choice] = field(default_factory=dict)
 
     def _echoed(self, index: int) -> Echoed:
@@ -119,9 +121,22 @@ class StreamContext:
             plan = self.plan
             if plan.abstain == "replace":
                 plan = replace(plan, abstain="annotate")
-            acc.outcome = calibrate_choice(
-                logprobs, text, plan, self.profile, self.model, likelihoods=self.option_lps
+            probed = (
+                self.probe.result(index, logprobs, self.option_lps)
+                if self.probe is not None
+                else None
             )
+            acc.outcome = calibrate_choice(
+                logprobs,
+                text,
+                plan,
+                self.profile,
+                self.model,
+                likelihoods=self.option_lps,
+                signals=probed.signals if probed is not None else None,
+            )
+            if probed is not None:
+                probed.record(acc.outcome)
         return acc.outcome
 
     def outcomes(self, response_id: str) -> list[tuple[str, Outcome]]:
@@ -197,12 +212,16 @@ async def relay(
                     if choice.get("finish_reason") is not None:
                         if ctx.likelihoods is not None and ctx.option_lps is None:
                             ctx.option_lps = await option_likelihoods_result(ctx.likelihoods)
+                        if ctx.probe is not None:
+                            await ctx.probe.settle(index, "".join(acc.text))
                         outcome = ctx.calibrate(index, acc)
                         choice["calibration"] = outcome.public(choice_id(meta["id"], index))
             yield b"data: " + dumps(chunk) + b"\n\n"
     except UpstreamTransportError as exc:
         if ctx.likelihoods is not None:
             ctx.likelihoods.cancel()
+        if ctx.probe is not None:
+            ctx.probe.cancel()
         error = upstream_error_from(exc)
         error.code = "upstream_stream_dropped"
         logger.warning("upstream stream broke: %s", error.message)
@@ -233,6 +252,8 @@ async def relay(
             "model": ctx.model,
         }
     ctx.option_lps = await option_likelihoods_result(ctx.likelihoods)
+    if ctx.probe is not None:
+        await ctx.probe.settle_rest()
     outcomes = ctx.outcomes(meta["id"])
     ctx.on_done(outcomes, upstream_s, None)
     final = usage_chunk if usage_chunk is not None else {**meta, "choices": []}
