@@ -639,13 +639,15 @@ def vision_reply(
     *,
     confident: float = -0.1,
     token_logprob: Callable[[dict[str, Any]], float] | None = None,
+    blank: Callable[[dict[str, Any]], list[float]] | None = None,
 ) -> Callable[[str, dict], Any]:
     """A VLM-like chat reply: with a picture, `answer` at `confident` and the other options far
     below; with a uniform image, every option at log(1/len(options)) (a flat distribution).
 
     Scoring requests (`prompt_logprobs`: the answer appended as the assistant's turn) get one
     prompt-logprob entry per word of that answer: `token_logprob(body)` if given, else -0.1 per
-    token with a picture and -2.0 with a uniform image.
+    token with a picture and -2.0 with a uniform image. `blank(body)`: the option probabilities
+    with a uniform image instead of the flat ones (a model that half-ignores the image).
     """
 
     def reply(path: str, body: dict) -> Any:
@@ -662,9 +664,10 @@ def vision_reply(
             return JSONReply(chat_response(None, model=model, content="\n",
                                            extra={"prompt_logprobs": entries}))  # fmt: skip
         if kind == "uniform":
-            flat = math.log(1 / len(options))
-            top = [(o, flat) for o in options]
-            steps: list[Step] = [(options[0], flat, top)]
+            probs = blank(body) if blank else [1 / len(options)] * len(options)
+            top = [(o, math.log(p)) for o, p in zip(options, probs, strict=True)]
+            best = max(range(len(options)), key=probs.__getitem__)
+            steps: list[Step] = [(options[best], math.log(probs[best]), top)]
         else:
             top = [(o, confident if o == answer else confident - 4.0) for o in options]
             steps = [(answer, confident, top)]

@@ -2,8 +2,8 @@
 
 Clients may send `calibration: {options?, idk_option?, mode?, abstain?, threshold?, task?,
 add_idk_option?, idk_text?, scoring?, visual_probe?}` next to the usual OpenAI fields. It is
-removed from the body before the body goes upstream (vLLM would reject an unknown field only in strict mode,
-but it has no business there).
+removed from the body before the body goes upstream (vLLM would reject an unknown field only in
+strict mode, but it has no business there).
 
 `resolve_plan` merges, field by field, request > active profile > model configuration:
 what the caller asks for this request wins, then what was fitted for (model, task), then the

@@ -87,8 +87,8 @@ class ProbeResult:
         """Attach to a calibrated `Outcome`: its public fields and a short stored status."""
         outcome.extras["visual_reliance"] = self.reliance
         outcome.extras["visual_probe"] = self.public()
-        outcome.features["visual_probe"] = (
-            f"{self.perturbation}:{self.status}" + (f":{self.reason}" if self.reason else "")
+        outcome.features["visual_probe"] = f"{self.perturbation}:{self.status}" + (
+            f":{self.reason}" if self.reason else ""
         )
 
 
@@ -356,9 +356,7 @@ def start_visual_probe(
     )
 
 
-def observe(
-    model: str, task: str, features: Mapping[str, Any], config: ModelConfig
-) -> None:
+def observe(model: str, task: str, features: Mapping[str, Any], config: ModelConfig) -> None:
     """Metrics of one recorded prediction's probe (nothing when it was not probed)."""
     status = features.get("visual_probe")
     if not isinstance(status, str):
