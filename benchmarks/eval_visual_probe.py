@@ -4,8 +4,9 @@ Held-out image questions (`service.datasets.vision`, two seeds: one to fit, one 
 are sent to a real gateway (`calib serve`, a subprocess) in front of the real vLLM CPU engine
 serving `tiny-vlm`, with `calibration.visual_probe` set per request. Printed:
 
-* mean visual reliance on the real images vs on blank images (the client itself sends a uniform
-  white image of the same size; the probe blanks it to grey), by family × difficulty;
+* mean visual reliance on the real images vs on blank images: the client itself sends a uniform
+  image of the same size — the scenes' background colour (an empty scene), and mid-grey (what
+  the probe blanks to: a like-for-like check, ~0 expected) — by family × difficulty;
 * AUROC for correctness of reliance alone, of the raw confidence alone, and of confidence +
   reliance (a two-feature logistic fitted on the fit seed, scored on the eval seed);
 * ECE (10 equal-width bins) on the eval seed of the two-feature calibrator vs the one-feature
@@ -43,7 +44,15 @@ from benchmarks.eval_vision import MODEL, _ensure_engine, _start_gateway
 from calibrators import FeatureLogistic, IsotonicCalibrator, PlattScaler
 from calibrators.logistic import confidence_logit
 from calibrators.metrics import auroc, expected_calibration_error
-from service.datasets.vision import DIFFICULTIES, FAMILIES, SIZE, VisionQuestion, build_vision_set
+from service.datasets.vision import (
+    BACKGROUND,
+    DIFFICULTIES,
+    FAMILIES,
+    SIZE,
+    VisionQuestion,
+    build_vision_set,
+)
+from service.proxy._perturb import GREY
 
 
 @dataclass(frozen=True)
@@ -60,9 +69,9 @@ class Probed:
         return self.answer == self.question.answer
 
 
-def _white() -> str:
+def _uniform(colour: tuple[int, int, int]) -> str:
     buf = io.BytesIO()
-    Image.new("RGB", (SIZE, SIZE), (255, 255, 255)).save(buf, format="PNG")
+    Image.new("RGB", (SIZE, SIZE), colour).save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
@@ -203,8 +212,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     engine = _ensure_engine(args.engine)
     fit_qs = build_vision_set(seed=args.fit_seed, n=args.n)
     eval_qs = build_vision_set(seed=args.eval_seed, n=args.n)
-    white = _white()
-    blank_qs = [q.with_image(white) for q in eval_qs]
+    background = _uniform(BACKGROUND)
+    blank_qs = [q.with_image(background) for q in eval_qs]
+    grey_qs = [q.with_image(_uniform(GREY)) for q in eval_qs]
     kind = args.perturbation
     with tempfile.TemporaryDirectory(prefix="eval-probe-") as tmp:
         proc, gateway = _start_gateway(engine, Path(tmp))
@@ -213,6 +223,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             fit = ask_all(gateway, fit_qs, kind, args.workers)
             evaluation = ask_all(gateway, eval_qs, kind, args.workers)
             blank = ask_all(gateway, blank_qs, kind, args.workers)
+            grey = ask_all(gateway, grey_qs, kind, args.workers)
             timed = eval_qs[: args.latency_n]
             lat_options = latency(gateway, timed, kind, "options")
             lat_sequence = latency(gateway, timed, kind, "sequence")
@@ -221,24 +232,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             proc.terminate()
             proc.wait(timeout=20)
     statuses: dict[str, int] = defaultdict(int)
-    for a in (*fit, *evaluation, *blank):
+    for a in (*fit, *evaluation, *blank, *grey):
         statuses[a.status] += 1
     real_rel = [a.reliance for a in evaluation if a.reliance is not None]
     blank_rel = [a.reliance for a in blank if a.reliance is not None]
+    grey_rel = [a.reliance for a in grey if a.reliance is not None]
     result: dict[str, Any] = {
         "engine": engine,
         "perturbation": kind,
         "seeds": {"fit": args.fit_seed, "eval": args.eval_seed},
         "probe_status": dict(statuses),
         "mean_reliance_real": float(np.mean(real_rel)) if real_rel else None,
-        "mean_reliance_blank": float(np.mean(blank_rel)) if blank_rel else None,
+        "mean_reliance_blank_background": float(np.mean(blank_rel)) if blank_rel else None,
+        "mean_reliance_blank_grey": float(np.mean(grey_rel)) if grey_rel else None,
         **calibration_study(fit, evaluation),
         "latency_options": lat_options,
         "latency_sequence": lat_sequence,
         "seconds": round(seconds, 1),
     }
-    print("mean visual reliance, real image / blank (white) image, eval seed:")
+    print("mean visual reliance, real image / blank (background-colour) image, eval seed:")
     print(reliance_table(evaluation, blank))
+    print("mean visual reliance, real image / blank (grey, = the probe's blank) image:")
+    print(reliance_table(evaluation, grey))
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
