@@ -120,7 +120,8 @@ def latency(
     gateway: str, questions: list[VisionQuestion], probe: str, mode: str
 ) -> dict[str, float]:
     """p50 seconds with and without the probe, one request at a time, interleaved."""
-    with_probe, without = [], []
+    with_probe: list[float] = []
+    without: list[float] = []
     with httpx.Client(base_url=gateway, timeout=300) as client:
         for i, q in enumerate(questions):
             order = (probe, False) if i % 2 else (False, probe)

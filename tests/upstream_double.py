@@ -628,8 +628,8 @@ def image_kind(body: dict[str, Any]) -> str | None:
                     return None
                 raw = base64.b64decode(url.split(",", 1)[1])
                 with Image.open(io.BytesIO(raw)) as image:
-                    extrema = image.convert("RGB").getextrema()
-                return "uniform" if all(lo == hi for lo, hi in extrema) else "picture"
+                    one_colour = image.convert("RGB").getcolors(1) is not None
+                return "uniform" if one_colour else "picture"
     return None
 
 

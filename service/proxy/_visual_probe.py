@@ -298,13 +298,13 @@ class VisualProbe:
         if main_raw is None or main_raw <= 0.0:
             return self._failed(_Skip("upstream_returned_no_logprobs"))
         total, count = scored
-        q = math.exp(total / count) if count else 0.0
+        perturbed = math.exp(total / count) if count else 0.0
         return ProbeResult(
-            _unit(1.0 - q / main_raw),
+            _unit(1.0 - perturbed / main_raw),
             "done",
             self.perturbation,
             images=self.images,
-            perturbed_confidence=q,
+            perturbed_confidence=perturbed,
         )
 
 
