@@ -37,6 +37,9 @@ CONTRACT = {
     "calib_predictions_dropped_total",
     "calib_prediction_write_failures_total",
     "calib_feedback_total",
+    "calib_visual_reliance_bucket",
+    "calib_visual_reliance_low_share",
+    "calib_visual_probes_total",
     "calib_ece",
     "calib_brier",
     "calib_nll",
@@ -107,6 +110,7 @@ def _observe_everything() -> None:
     metrics.observe_prediction("expo", "vqa", "options")
     metrics.observe_feedback("expo", "correct")
     metrics.sync_prediction_writer(_Writer(dropped=1, failed_batches=1))
+    metrics.observe_visual_probe("expo", "vqa", "done", 0.4, 0.1)
 
 
 def _series_names(text: str) -> set[str]:
