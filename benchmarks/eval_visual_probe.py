@@ -14,7 +14,8 @@ serving `tiny-vlm`, with `calibration.visual_probe` set per request. Printed:
   seed;
 * the probe's added latency: p50 of the same eval questions with and without the probe, asked
   one at a time, interleaved (options mode: the probe runs next to the answer; sequence mode:
-  it scores the answer after it).
+  it scores the answer after it), and the engine alone serving one request vs a request and its
+  perturbed twin at once (how much of the probe's cost is the engine's own compute).
 
     python -m benchmarks.eval_visual_probe --engine http://127.0.0.1:8012/v1
     python -m benchmarks.eval_visual_probe --engine ... --n 40 --fit-seed 3000 --eval-seed 3001 \\
@@ -137,6 +138,38 @@ def latency(
     }
 
 
+def engine_pair(engine: str, questions: list[VisionQuestion], kind: str) -> dict[str, float]:
+    """The engine alone, no gateway: p50 of one request vs the same request and its perturbed
+    twin sent together (what options mode asks of it). A ratio near 2 means the engine is
+    compute-bound: two requests cost twice one however they are sent."""
+    from service.proxy._perturb import perturb_data_url
+
+    def body(q: VisionQuestion) -> dict[str, Any]:
+        return {"model": MODEL, "messages": q.messages, "max_tokens": 1, "temperature": 0,
+                "logprobs": True, "top_logprobs": 20}  # fmt: skip
+
+    single: list[float] = []
+    pair: list[float] = []
+    url = f"{engine}/chat/completions"
+    with httpx.Client(timeout=300) as client, ThreadPoolExecutor(2) as ex:
+        for q in questions:
+            twin = q.with_image(perturb_data_url(q.image_url, kind))  # type: ignore[arg-type]
+            t0 = time.perf_counter()
+            client.post(url, json=body(q)).raise_for_status()
+            single.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            for r in ex.map(lambda b: client.post(url, json=b), [body(q), body(twin)]):
+                r.raise_for_status()
+            pair.append(time.perf_counter() - t0)
+    p50_single, p50_pair = statistics.median(single), statistics.median(pair)
+    return {
+        "p50_single_s": round(p50_single, 4),
+        "p50_pair_s": round(p50_pair, 4),
+        "ratio": round(p50_pair / p50_single, 3),
+        "n": len(questions),
+    }
+
+
 def reliance_table(real: list[Probed], blank: list[Probed]) -> str:
     cells: dict[tuple[str, int], list[float]] = defaultdict(list)
     for kind, answers in (("real", real), ("blank", blank)):
@@ -226,8 +259,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             blank = ask_all(gateway, blank_qs, kind, args.workers)
             grey = ask_all(gateway, grey_qs, kind, args.workers)
             timed = eval_qs[: args.latency_n]
-            lat_options = latency(gateway, timed, kind, "options")
-            lat_sequence = latency(gateway, timed, kind, "sequence")
+            lat_options = latency(gateway, timed, kind, "options") if timed else None
+            lat_sequence = latency(gateway, timed, kind, "sequence") if timed else None
+            lat_engine = engine_pair(engine, timed, kind) if timed else None
             seconds = time.monotonic() - t0
         finally:
             proc.terminate()
@@ -249,6 +283,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         **calibration_study(fit, evaluation),
         "latency_options": lat_options,
         "latency_sequence": lat_sequence,
+        "latency_engine_pair": lat_engine,
         "seconds": round(seconds, 1),
     }
     print("mean visual reliance, real image / blank (background-colour) image, eval seed:")
