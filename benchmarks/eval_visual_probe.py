@@ -153,7 +153,7 @@ def engine_pair(engine: str, questions: list[VisionQuestion], kind: str) -> dict
     url = f"{engine}/chat/completions"
     with httpx.Client(timeout=300) as client, ThreadPoolExecutor(2) as ex:
         for q in questions:
-            twin = q.with_image(perturb_data_url(q.image_url, kind))  # type: ignore[arg-type]
+            twin = q.with_image(perturb_data_url(q.image_url, kind))
             t0 = time.perf_counter()
             client.post(url, json=body(q)).raise_for_status()
             single.append(time.perf_counter() - t0)

@@ -51,6 +51,9 @@ SIGNAL = "visual_reliance"
 # Images above this many data-URL bytes are perturbed in a worker thread.
 _OFFLOAD_BYTES = 256 * 1024
 
+# Options mode: the probe's answer only has to name an option, not to finish a long reply.
+_MAX_TOKENS = 32
+
 # Fields that must not reach the probe's own request: it is one plain, deterministic answer.
 _DROPPED = ("stream", "stream_options", "n", "best_of", "seed")
 
@@ -134,6 +137,12 @@ def _perturbed_body(body: dict[str, Any], kind: Perturbation) -> tuple[dict[str,
     probe = {k: v for k, v in body.items() if k not in _DROPPED}
     probe["messages"] = out
     probe["temperature"] = 0
+    for key in ("max_tokens", "max_completion_tokens"):  # the answer names its option early
+        limit = probe.get(key)
+        if isinstance(limit, int) and not isinstance(limit, bool) and limit > _MAX_TOKENS:
+            probe[key] = _MAX_TOKENS
+    if "max_tokens" not in probe and "max_completion_tokens" not in probe:
+        probe["max_tokens"] = _MAX_TOKENS
     return probe, images
 
 

@@ -156,6 +156,7 @@ def test_options_mode_reliance_is_the_total_variation_to_the_blank_answer(api, d
     # the same question, only the image differs (and the probe is one deterministic answer)
     assert probe["messages"][0]["content"][1] == main["messages"][0]["content"][1]
     assert probe["temperature"] == 0 and "stream" not in probe
+    assert probe["max_tokens"] == 1  # the client's (capped at 32 for long replies)
     assert probe["top_logprobs"] == main["top_logprobs"]
 
 
@@ -394,3 +395,16 @@ def test_recorded_with_the_prediction_and_on_metrics(api, double, probe_gateway)
     assert record is not None
     assert record.features["signals"]["visual_reliance"] > 0.5
     assert record.features["visual_probe"] == "blank:done"
+
+
+@pytest.mark.parametrize(("sent", "probed"), [(None, 32), (500, 32), (5, 5)])
+def test_the_options_probe_caps_its_answer_length(api, double, sent, probed):
+    double.reply = vision_reply()
+    body = {"model": "vlm", "messages": messages(picture()), "calibration": {}}
+    if sent is not None:
+        body["max_tokens"] = sent
+    assert api.post("/v1/chat/completions", json=body).status_code == 200
+    main = next(r.json for r in double.requests if image_kind(r.json) == "picture")
+    probe = next(r.json for r in double.requests if image_kind(r.json) == "uniform")
+    assert probe["max_tokens"] == probed
+    assert main.get("max_tokens") == sent  # the client's own request is untouched
