@@ -1,0 +1,266 @@
+"""Label-free input shift: do recent inputs still look like the ones the profile was fitted on?
+
+Two parts, both pure numpy (no decoding, no I/O: the service turns requests into arrays):
+
+* **Embeddings.** `text_embedding` hashes the UTF-8 byte 3-grams of a text into a fixed signed
+  vector (feature hashing with a hash that is the same in every process, unlike Python's
+  `hash`). `image_embedding` reduces an RGB pixel array to 30 numbers a shift of the picture
+  distribution moves: the mean colour of each quadrant (layout, 12), a saturation-weighted hue
+  histogram plus the grey share (which colours, 13), and brightness, contrast, edge energy and
+  pixel-level noise (5). No learned encoder: nothing to download, well under a millisecond.
+* **The test.** `fit_shift_reference` standardises the reference sample and fixes a random
+  Fourier feature map of a Gaussian kernel (bandwidth: the median pairwise distance); the score
+  of a window is the squared distance between the two mean embeddings in that feature space,
+  i.e. the (biased) MMD² of the random-feature kernel. `shift_test` calibrates the threshold by
+  permutation: reference and window are pooled and re-split at random `permutations` times, and
+  the window is flagged when its score exceeds the permuted scores often enough that the
+  permutation p-value is at most `alpha`. Under "window drawn from the reference distribution"
+  the pooled sample is exchangeable, so a window is flagged with probability at most `alpha`
+  whatever the sample sizes or the feature distribution.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "IMAGE_EMBEDDING_DIM",
+    "TEXT_EMBEDDING_DIM",
+    "ShiftReference",
+    "ShiftResult",
+    "fit_shift_reference",
+    "image_embedding",
+    "shift_test",
+    "text_embedding",
+]
+
+TEXT_EMBEDDING_DIM = 64
+IMAGE_EMBEDDING_DIM = 30
+_HUE_BINS = 12
+
+# Multiplicative hashing of a 3-byte window (Knuth's constant): the bucket from the high bits,
+# the sign from a low bit.
+_MULT = np.uint64(2654435761)
+_MASK32 = np.uint64(0xFFFFFFFF)
+
+
+def text_embedding(text: str, dim: int = TEXT_EMBEDDING_DIM) -> np.ndarray:
+    """Signed feature hashing of the byte 3-grams of `text`, L2-normalised (zeros if empty).
+
+    Deterministic across processes and machines (no Python `hash`), so embeddings stored by one
+    replica compare with those of another.
+    """
+    data = np.frombuffer(text.encode("utf-8", "surrogatepass"), dtype=np.uint8)
+    out = np.zeros(dim, dtype=np.float64)
+    if data.size < 3:
+        if data.size:
+            out[zlib.crc32(data.tobytes()) % dim] = 1.0
+        return out
+    grams = (
+        data[:-2].astype(np.uint64) << np.uint64(16)
+        | data[1:-1].astype(np.uint64) << np.uint64(8)
+        | data[2:].astype(np.uint64)
+    )
+    hashed = (grams * _MULT) & _MASK32
+    buckets = (hashed >> np.uint64(16)) % np.uint64(dim)
+    signs = np.where((hashed >> np.uint64(7)) & np.uint64(1), 1.0, -1.0)
+    out = np.bincount(buckets.astype(np.intp), weights=signs, minlength=dim)
+    norm = float(np.linalg.norm(out))
+    return out / norm if norm > 0 else out
+
+
+def image_embedding(pixels: Any) -> np.ndarray:
+    """A fixed 30-number description of an RGB image (``H × W × 3`` uint8, any size ≥ 2×2).
+
+    Layout (12): mean R, G, B of each quadrant. Colour (13): a 12-bin hue histogram weighted by
+    saturation, and the share of grey (unsaturated) mass. Texture (5): mean and standard
+    deviation of grey, mean absolute horizontal and vertical gradient, and the mean absolute
+    discrete Laplacian (pixel noise). All in [0, 1]-ish units (pixels / 255).
+    """
+    rgb = np.asarray(pixels)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] < 2 or rgb.shape[1] < 2:
+        raise ValueError(f"expected an H×W×3 RGB array of at least 2×2, got {rgb.shape}")
+    x = rgb.astype(np.float32) * np.float32(1.0 / 255.0)
+    h, w = x.shape[0] // 2, x.shape[1] // 2
+    quadrants = [x[:h, :w], x[:h, w:], x[h:, :w], x[h:, w:]]
+    layout = np.concatenate([q.reshape(-1, 3).mean(axis=0) for q in quadrants])
+
+    flat = x.reshape(-1, 3)
+    high = flat.max(axis=1)
+    low = flat.min(axis=1)
+    chroma = high - low
+    r, g, b = flat[:, 0], flat[:, 1], flat[:, 2]
+    safe = np.where(chroma > 0, chroma, 1.0)
+    hue = np.where(
+        high == r,
+        ((g - b) / safe) % 6.0,
+        np.where(high == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0),
+    )  # in [0, 6)
+    bins = np.minimum((hue * (_HUE_BINS / 6.0)).astype(np.intp), _HUE_BINS - 1)
+    total = float(flat.shape[0])
+    hue_hist = np.bincount(bins, weights=chroma, minlength=_HUE_BINS) / total
+    grey_share = float(np.mean(chroma < 0.1))
+
+    grey = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    dx = float(np.abs(np.diff(grey, axis=1)).mean())
+    dy = float(np.abs(np.diff(grey, axis=0)).mean())
+    if grey.shape[0] >= 3 and grey.shape[1] >= 3:
+        lap = (
+            4.0 * grey[1:-1, 1:-1]
+            - grey[:-2, 1:-1]
+            - grey[2:, 1:-1]
+            - grey[1:-1, :-2]
+            - grey[1:-1, 2:]
+        )
+        noise = float(np.abs(lap).mean())
+    else:
+        noise = 0.0
+    texture = [float(grey.mean()), float(grey.std()), dx, dy, noise]
+    return np.concatenate([layout, hue_hist, [grey_share], texture]).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class ShiftReference:
+    """A reference sample made ready for `shift_test`: its standardisation, a fixed random
+    Fourier feature map, and the reference's features under that map."""
+
+    mean: np.ndarray  # (d,)
+    scale: np.ndarray  # (d,)
+    omega: np.ndarray  # (d, D) frequencies
+    phase: np.ndarray  # (D,)
+    features: np.ndarray  # (n, D): the reference sample's random features
+    bandwidth: float
+
+    @property
+    def size(self) -> int:
+        return int(self.features.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.mean.shape[0])
+
+    def embed(self, sample: Any) -> np.ndarray:
+        """Random Fourier features of `sample` (n × d) under this reference's map."""
+        z = (_matrix(sample, "sample") - self.mean) / self.scale
+        if z.shape[1] != self.dim:
+            raise ValueError(f"sample has {z.shape[1]} dimensions, the reference {self.dim}")
+        d = self.omega.shape[1]
+        return math.sqrt(2.0 / d) * np.cos(z @ self.omega + self.phase)
+
+
+@dataclass(frozen=True)
+class ShiftResult:
+    """One test of a window against a reference.
+
+    `score`: the window's MMD² estimate; `threshold`: the permutation threshold at `alpha`
+    (`shifted` ⟺ ``score > threshold``); `p_value`: the permutation p-value.
+    """
+
+    score: float
+    threshold: float
+    shifted: bool
+    p_value: float
+    n_reference: int
+    n_window: int
+
+
+def _matrix(sample: Any, name: str) -> np.ndarray:
+    array = np.asarray(sample, dtype=np.float64)
+    if array.ndim == 1:
+        array = array.reshape(1, -1)
+    if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"{name} must be a non-empty n × d array")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} has non-finite values")
+    return array
+
+
+def fit_shift_reference(
+    sample: Any, *, n_features: int = 256, seed: int = 0, min_scale: float = 1e-2
+) -> ShiftReference:
+    """Prepare `sample` (n × d, n ≥ 2) as the reference of later `shift_test` calls.
+
+    Each dimension is standardised by the reference's mean and standard deviation (floored at
+    `min_scale`, so a dimension constant in the reference does not divide by zero yet still
+    counts when the window moves it); the Gaussian kernel's bandwidth is the median pairwise
+    distance of the standardised reference (the usual heuristic, on at most 500 points).
+    """
+    x = _matrix(sample, "reference")
+    if x.shape[0] < 2:
+        raise ValueError("the reference needs at least 2 rows")
+    if n_features < 1:
+        raise ValueError("n_features must be >= 1")
+    rng = np.random.default_rng(seed)
+    mean = x.mean(axis=0)
+    scale = np.maximum(x.std(axis=0), min_scale)
+    z = (x - mean) / scale
+    probe = z if z.shape[0] <= 500 else z[rng.choice(z.shape[0], 500, replace=False)]
+    sq = np.sum(probe**2, axis=1)
+    dist2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * probe @ probe.T, 0.0)
+    upper = dist2[np.triu_indices(probe.shape[0], k=1)]
+    positive = upper[upper > 0]
+    bandwidth = float(np.sqrt(np.median(positive))) if positive.size else 1.0
+    omega = rng.normal(0.0, 1.0 / bandwidth, size=(x.shape[1], n_features))
+    phase = rng.uniform(0.0, 2.0 * math.pi, size=n_features)
+    features = math.sqrt(2.0 / n_features) * np.cos(z @ omega + phase)
+    return ShiftReference(mean, scale, omega, phase, features, bandwidth)
+
+
+def shift_test(
+    reference: ShiftReference,
+    window: Any,
+    *,
+    alpha: float = 0.01,
+    permutations: int = 499,
+    seed: int = 0,
+) -> ShiftResult:
+    """Test whether `window` (m × d) comes from the reference's distribution.
+
+    The window is flagged when ``(1 + #{permuted score ≥ score}) / (permutations + 1) ≤ alpha``;
+    equivalently when its score exceeds the reported threshold, the ``k``-th largest permuted
+    score with ``k = floor(alpha (permutations + 1))``. Needs ``permutations ≥ 1/alpha - 1``
+    (else nothing could ever be flagged).
+    """
+    if not 0 < alpha < 1:
+        raise ValueError("alpha must be in (0, 1)")
+    k = math.floor(alpha * (permutations + 1) + 1e-9)
+    if k < 1:
+        raise ValueError(f"permutations must be at least {math.ceil(1 / alpha) - 1} for {alpha=}")
+    phi_w = reference.embed(window)
+    phi_r = reference.features
+    n, m = phi_r.shape[0], phi_w.shape[0]
+    pooled = np.concatenate([phi_r, phi_w])
+    total = pooled.sum(axis=0)
+    score = _mmd2(phi_r.sum(axis=0), phi_w.sum(axis=0), n, m)
+
+    rng = np.random.default_rng(seed)
+    permuted = np.empty(permutations)
+    chunk = max(1, 4_000_000 // max(1, n + m))  # bounds the selection matrix to ~32 MB
+    for start in range(0, permutations, chunk):
+        count = min(chunk, permutations - start)
+        picks = np.argpartition(rng.random((count, n + m)), m - 1, axis=1)[:, :m]
+        selection = np.zeros((count, n + m))
+        np.put_along_axis(selection, picks, 1.0, axis=1)
+        window_sums = selection @ pooled
+        permuted[start : start + count] = _mmd2(total - window_sums, window_sums, n, m)
+    threshold = float(np.sort(permuted)[::-1][k - 1])
+    p_value = (1.0 + float(np.sum(permuted >= score))) / (permutations + 1.0)
+    return ShiftResult(
+        score=float(score),
+        threshold=threshold,
+        shifted=bool(score > threshold),  # the same as p_value <= alpha
+        p_value=p_value,
+        n_reference=int(n),
+        n_window=int(m),
+    )
+
+
+def _mmd2(ref_sums: Any, win_sums: Any, n: int, m: int) -> Any:
+    """Squared distance of the mean embeddings (rows or a single vector of sums)."""
+    gap = np.asarray(ref_sums) / n - np.asarray(win_sums) / m
+    return np.sum(gap * gap, axis=-1)
