@@ -32,6 +32,16 @@ from .prompt_search import (
     search_prompts,
 )
 from .scoring import OptionScore, SequenceScore, normalize_token, score_options, score_sequence
+from .shift import (
+    IMAGE_EMBEDDING_DIM,
+    TEXT_EMBEDDING_DIM,
+    ShiftReference,
+    ShiftResult,
+    fit_shift_reference,
+    image_embedding,
+    shift_test,
+    text_embedding,
+)
 from .temperature import TemperatureScaler, grid_search_temperature
 from .threshold import ThresholdChoice, select_threshold
 from .vocab import (
@@ -50,9 +60,11 @@ from .vocab import (
 __all__ = [
     "ABSTAIN_POLICIES",
     "ABSTAIN_REASONS",
+    "IMAGE_EMBEDDING_DIM",
     "METHODS",
     "MODES",
     "SCORINGS",
+    "TEXT_EMBEDDING_DIM",
     "AbstainPolicy",
     "AbstainReason",
     "Calibrated",
@@ -69,6 +81,8 @@ __all__ = [
     "Scoring",
     "SearchResult",
     "SequenceScore",
+    "ShiftReference",
+    "ShiftResult",
     "TemperatureScaler",
     "ThresholdChoice",
     "accuracy_bucket",
@@ -78,7 +92,9 @@ __all__ = [
     "better",
     "brier_score",
     "expected_calibration_error",
+    "fit_shift_reference",
     "grid_search_temperature",
+    "image_embedding",
     "ks_statistic",
     "maximum_calibration_error",
     "negative_log_likelihood",
@@ -93,4 +109,6 @@ __all__ = [
     "search_prompts",
     "select_threshold",
     "selective_risk_coverage",
+    "shift_test",
+    "text_embedding",
 ]

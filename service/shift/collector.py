@@ -54,7 +54,7 @@ class ShiftCollector:
     def collect(self) -> Iterator[Metric]:
         families = _families()
         known = metrics.known_models()
-        for model, task in self.monitor.keys():
+        for model, task in self.monitor.windowed():
             if model not in known:
                 continue
             try:

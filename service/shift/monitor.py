@@ -213,7 +213,7 @@ class ShiftMonitor:
 
     # ------------------------------------------------------------------ reads
 
-    def keys(self) -> list[Key]:
+    def windowed(self) -> list[Key]:
         """Every (model, task) with a window in this process."""
         with self._lock:
             return list(self._windows)

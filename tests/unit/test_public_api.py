@@ -13,6 +13,8 @@ CONTRACT = {
     "population_stability_index", "ks_statistic", "Profile", "Calibrated", "apply_profile",
     "Mode", "AbstainPolicy", "AbstainReason", "Method", "Scoring",
     "MODES", "ABSTAIN_POLICIES", "ABSTAIN_REASONS", "METHODS", "SCORINGS",
+    "text_embedding", "image_embedding", "fit_shift_reference", "shift_test", "ShiftReference",
+    "ShiftResult", "TEXT_EMBEDDING_DIM", "IMAGE_EMBEDDING_DIM",
 }  # fmt: skip
 
 
