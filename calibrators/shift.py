@@ -47,6 +47,7 @@ _HUE_BINS = 12
 # the sign from a low bit.
 _MULT = np.uint64(2654435761)
 _MASK32 = np.uint64(0xFFFFFFFF)
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 def text_embedding(text: str, dim: int = TEXT_EMBEDDING_DIM) -> np.ndarray:
@@ -78,50 +79,53 @@ def image_embedding(pixels: Any) -> np.ndarray:
     """A fixed 30-number description of an RGB image (``H × W × 3`` uint8, any size ≥ 2×2).
 
     Layout (12): mean R, G, B of each quadrant. Colour (13): a 12-bin hue histogram weighted by
-    saturation, and the share of grey (unsaturated) mass. Texture (5): mean and standard
+    saturation, and the share of grey (unsaturated) pixels. Texture (5): mean and standard
     deviation of grey, mean absolute horizontal and vertical gradient, and the mean absolute
-    discrete Laplacian (pixel noise). All in [0, 1]-ish units (pixels / 255).
+    discrete Laplacian at full resolution (pixel noise). All in [0, 1]-ish units (pixels / 255).
+    Colour and gradients are read on a 2× box-downsampled copy (a quarter of the pixels).
     """
     rgb = np.asarray(pixels)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] < 2 or rgb.shape[1] < 2:
         raise ValueError(f"expected an H×W×3 RGB array of at least 2×2, got {rgb.shape}")
     x = rgb.astype(np.float32) * np.float32(1.0 / 255.0)
-    h, w = x.shape[0] // 2, x.shape[1] // 2
-    quadrants = [x[:h, :w], x[:h, w:], x[h:, :w], x[h:, w:]]
-    layout = np.concatenate([q.reshape(-1, 3).mean(axis=0) for q in quadrants])
-
-    flat = x.reshape(-1, 3)
-    high = flat.max(axis=1)
-    low = flat.min(axis=1)
-    chroma = high - low
-    r, g, b = flat[:, 0], flat[:, 1], flat[:, 2]
-    safe = np.where(chroma > 0, chroma, 1.0)
-    hue = np.where(
-        high == r,
-        ((g - b) / safe) % 6.0,
-        np.where(high == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0),
-    )  # in [0, 6)
-    bins = np.minimum((hue * (_HUE_BINS / 6.0)).astype(np.intp), _HUE_BINS - 1)
-    total = float(flat.shape[0])
-    hue_hist = np.bincount(bins, weights=chroma, minlength=_HUE_BINS) / total
-    grey_share = float(np.mean(chroma < 0.1))
-
-    grey = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    dx = float(np.abs(np.diff(grey, axis=1)).mean())
-    dy = float(np.abs(np.diff(grey, axis=0)).mean())
-    if grey.shape[0] >= 3 and grey.shape[1] >= 3:
-        lap = (
-            4.0 * grey[1:-1, 1:-1]
-            - grey[:-2, 1:-1]
-            - grey[2:, 1:-1]
-            - grey[1:-1, :-2]
-            - grey[1:-1, 2:]
-        )
+    grey_full = x @ _LUMA
+    if grey_full.shape[0] >= 3 and grey_full.shape[1] >= 3:
+        centre = grey_full[1:-1, 1:-1]
+        lap = 4.0 * centre - grey_full[:-2, 1:-1] - grey_full[2:, 1:-1]
+        lap -= grey_full[1:-1, :-2] + grey_full[1:-1, 2:]
         noise = float(np.abs(lap).mean())
     else:
         noise = 0.0
-    texture = [float(grey.mean()), float(grey.std()), dx, dy, noise]
-    return np.concatenate([layout, hue_hist, [grey_share], texture]).astype(np.float64)
+    if x.shape[0] >= 8 and x.shape[1] >= 8:  # 2× box downsample (even crop)
+        h, w = x.shape[0] // 2, x.shape[1] // 2
+        x = x[: 2 * h, : 2 * w].reshape(h, 2, w, 2, 3).mean(axis=(1, 3))
+    h, w = x.shape[0] // 2, x.shape[1] // 2
+    layout = x[: 2 * h, : 2 * w].reshape(2, h, 2, w, 3).mean(axis=(1, 3)).reshape(-1)
+
+    flat = x.reshape(-1, 3)
+    high = flat.max(axis=1)
+    chroma = high - flat.min(axis=1)
+    r, g, b = flat[:, 0], flat[:, 1], flat[:, 2]
+    safe = np.where(chroma > 0, chroma, np.float32(1.0))
+    hue = np.where(
+        high == r, (g - b) / safe, np.where(high == g, (b - r) / safe + 2, (r - g) / safe + 4)
+    )
+    hue %= 6.0  # in [0, 6)
+    bins = (hue * np.float32(_HUE_BINS / 6.0)).astype(np.intp)
+    np.minimum(bins, _HUE_BINS - 1, out=bins)
+    hue_hist = np.bincount(bins, weights=chroma, minlength=_HUE_BINS) / flat.shape[0]
+    grey_share = float(np.count_nonzero(chroma < 0.1)) / flat.shape[0]
+
+    grey = x @ _LUMA
+    dx = float(np.abs(np.diff(grey, axis=1)).mean())
+    dy = float(np.abs(np.diff(grey, axis=0)).mean())
+    texture = [float(grey_full.mean()), float(grey_full.std()), dx, dy, noise]
+    out = np.empty(IMAGE_EMBEDDING_DIM)
+    out[:12] = layout
+    out[12:24] = hue_hist
+    out[24] = grey_share
+    out[25:] = texture
+    return out
 
 
 @dataclass(frozen=True)
