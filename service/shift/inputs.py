@@ -111,4 +111,5 @@ class RequestInputs:
 
 
 def _rounded(vector: np.ndarray) -> list[float]:
-    return [round(float(x), _DECIMALS) for x in vector]
+    rounded: list[float] = np.round(vector, _DECIMALS).tolist()
+    return rounded
