@@ -57,11 +57,11 @@ def text_embedding(text: str, dim: int = TEXT_EMBEDDING_DIM) -> np.ndarray:
     replica compare with those of another.
     """
     data = np.frombuffer(text.encode("utf-8", "surrogatepass"), dtype=np.uint8)
-    out = np.zeros(dim, dtype=np.float64)
     if data.size < 3:
+        single = np.zeros(dim, dtype=np.float64)
         if data.size:
-            out[zlib.crc32(data.tobytes()) % dim] = 1.0
-        return out
+            single[zlib.crc32(data.tobytes()) % dim] = 1.0
+        return single
     grams = (
         data[:-2].astype(np.uint64) << np.uint64(16)
         | data[1:-1].astype(np.uint64) << np.uint64(8)
@@ -155,7 +155,8 @@ class ShiftReference:
             raise ValueError(f"sample has {x.shape[1]} dimensions, the reference {self.dim}")
         z = (x - self.mean) / self.scale
         d = self.omega.shape[1]
-        return math.sqrt(2.0 / d) * np.cos(z @ self.omega + self.phase)
+        features: np.ndarray = math.sqrt(2.0 / d) * np.cos(z @ self.omega + self.phase)
+        return features
 
 
 @dataclass(frozen=True)

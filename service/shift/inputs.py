@@ -65,10 +65,10 @@ def embed_image_bytes(data: bytes) -> np.ndarray | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # DecompressionBombWarning etc.: we only downsample
-            image = Image.open(io.BytesIO(data))
-            if image.format == "JPEG":
-                image.draft("RGB", (_IMAGE_SIDE, _IMAGE_SIDE))  # DCT-domain downscale: cheap
-            image = image.convert("RGB")
+            opened = Image.open(io.BytesIO(data))
+            if opened.format == "JPEG":
+                opened.draft("RGB", (_IMAGE_SIDE, _IMAGE_SIDE))  # DCT-domain downscale: cheap
+            image = opened.convert("RGB")
             if image.width > _IMAGE_SIDE or image.height > _IMAGE_SIDE:
                 image.thumbnail((_IMAGE_SIDE, _IMAGE_SIDE), Image.Resampling.BOX)
             if image.width < 2 or image.height < 2:
