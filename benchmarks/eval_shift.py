@@ -83,10 +83,13 @@ def unseen_colours() -> Iterator[None]:
 
 
 def questions(seed: int, n: int, difficulties: tuple[int, ...], families=vision.FAMILIES):
-    per_family = max(1, -(-n // len(families)))
-    out = build_vision_set(seed=seed, n=per_family, families=families, difficulties=difficulties)
-    random.Random(seed).shuffle(out)
-    return out[:n]
+    """`n` questions drawn at random from a 4× larger vision set: family and difficulty vary
+    from sample to sample as in traffic (`build_vision_set` itself cycles them exactly, and two
+    exactly balanced samples are closer than random ones: the permutation test would then be
+    conservative, under-reporting false alarms)."""
+    per_family = max(1, -(-4 * n // len(families)))
+    pool = build_vision_set(seed=seed, n=per_family, families=families, difficulties=difficulties)
+    return random.Random(seed).sample(pool, n)
 
 
 def _free_port() -> int:
@@ -339,9 +342,12 @@ def table(result: dict[str, Any]) -> str:
             )
     fa = result.get("false_alarms")
     if fa:
+        p_values = [p for p in fa["p_values"] if p is not None]
+        mean_p = sum(p_values) / max(1, len(p_values))
         lines.append(
             f"\nfalse alarms without shift: {fa['flagged']} of {fa['windows']} windows "
-            f"({fa['rate']:.0%}; upstream: {fa['upstream']})"
+            f"({fa['rate']:.0%}; upstream: {fa['upstream']}); mean p-value {mean_p:.2f} "
+            f"(uniform under no shift: 0.5), smallest {min(p_values, default=float('nan')):.3f}"
         )
     return "\n".join(lines)
 
