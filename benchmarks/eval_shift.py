@@ -83,13 +83,20 @@ def unseen_colours() -> Iterator[None]:
 
 
 def questions(seed: int, n: int, difficulties: tuple[int, ...], families=vision.FAMILIES):
-    """`n` questions drawn at random from a 4× larger vision set: family and difficulty vary
-    from sample to sample as in traffic (`build_vision_set` itself cycles them exactly, and two
-    exactly balanced samples are closer than random ones: the permutation test would then be
-    conservative, under-reporting false alarms)."""
-    per_family = max(1, -(-4 * n // len(families)))
-    pool = build_vision_set(seed=seed, n=per_family, families=families, difficulties=difficulties)
-    return random.Random(seed).sample(pool, n)
+    """`n` independent questions: each of a random family and difficulty, drawn on its own.
+
+    Not `build_vision_set(n=...)` as a whole: it cycles difficulties and balances families
+    exactly, and two exactly balanced samples are closer to each other than random ones, which
+    makes the permutation test conservative (it would under-report false alarms)."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        family, difficulty = rng.choice(families), rng.choice(difficulties)
+        one = build_vision_set(
+            seed=seed * 100_000 + i, n=1, families=(family,), difficulties=(difficulty,)
+        )
+        out.append(one[0])
+    return out
 
 
 def _free_port() -> int:
