@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--window", type=int, default=300, help="shift_window of the gateways")
     parser.add_argument("--null-windows", type=int, default=20)
     parser.add_argument("--null-upstream", choices=["engine", "fast"], default="engine")
-    parser.add_argument("--shifts", nargs="+", default=["noise", "colours"])
+    parser.add_argument("--shifts", nargs="*", default=["noise", "colours"])
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--seed", type=int, default=3000)
     parser.add_argument("--json", type=Path)
