@@ -33,6 +33,16 @@ from .prompt_search import (
     search_prompts,
 )
 from .scoring import OptionScore, SequenceScore, normalize_token, score_options, score_sequence
+from .shift import (
+    IMAGE_EMBEDDING_DIM,
+    TEXT_EMBEDDING_DIM,
+    ShiftReference,
+    ShiftResult,
+    fit_shift_reference,
+    image_embedding,
+    shift_test,
+    text_embedding,
+)
 from .temperature import TemperatureScaler, grid_search_temperature
 from .threshold import ThresholdChoice, select_threshold
 from .vocab import (
@@ -52,9 +62,11 @@ __all__ = [
     "ABSTAIN_POLICIES",
     "ABSTAIN_REASONS",
     "CONFIDENCE_LOGIT",
+    "IMAGE_EMBEDDING_DIM",
     "METHODS",
     "MODES",
     "SCORINGS",
+    "TEXT_EMBEDDING_DIM",
     "AbstainPolicy",
     "AbstainReason",
     "Calibrated",
@@ -72,6 +84,8 @@ __all__ = [
     "Scoring",
     "SearchResult",
     "SequenceScore",
+    "ShiftReference",
+    "ShiftResult",
     "TemperatureScaler",
     "ThresholdChoice",
     "accuracy_bucket",
@@ -82,7 +96,9 @@ __all__ = [
     "brier_score",
     "confidence_logit",
     "expected_calibration_error",
+    "fit_shift_reference",
     "grid_search_temperature",
+    "image_embedding",
     "ks_statistic",
     "maximum_calibration_error",
     "negative_log_likelihood",
@@ -97,4 +113,6 @@ __all__ = [
     "search_prompts",
     "select_threshold",
     "selective_risk_coverage",
+    "shift_test",
+    "text_embedding",
 ]

@@ -3,7 +3,8 @@
 The lifespan opens what every request shares and closes it on shutdown, in this order:
 
 1. the store (`Store.open` runs migrations; done in a thread, it is blocking I/O);
-2. the write-behind `PredictionWriter` (predictions are batched behind responses);
+2. the write-behind `PredictionWriter` (predictions are batched behind responses), with the
+   input-shift monitor embedding request inputs on its thread (`service.shift`);
 3. the `ProfileCache` (active calibration profile per model and task, short TTL);
 4. the open-mode check (no API keys: allowed on loopback with a loud warning, refused on a
    public address unless `insecure`);
@@ -39,10 +40,11 @@ from service.memory_trim import ActivityCounter, IdleMemoryTrimmer
 from service.profiles import ProfileCache
 from service.proxy import ProxyFastPath, Upstream
 from service.refit import RefitRunner, RefitScheduler
-from service.routes import calibration, feedback, health, prompt_opt, proxy
+from service.routes import calibration, feedback, health, prompt_opt, proxy, shift
 from service.routes import metrics as metrics_routes
 from service.services import AppState, Services
 from service.settings import Settings, load_settings
+from service.shift import ShiftMonitor
 from service.store import PredictionWriter, Store
 from service.version import __version__
 
@@ -73,12 +75,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             warning = await _maybe_await(await asyncio.to_thread(check_open_mode, settings, store))
             if warning:
                 logger.warning("%s\n%s\n%s", _OPEN_MODE_BANNER, warning, _OPEN_MODE_BANNER)
+            monitor = _shift_monitor(settings, store)
             writer = PredictionWriter(
                 store,
                 flush_interval_s=settings.prediction_flush_interval_s,
                 batch_size=settings.prediction_batch_size,
                 buffer_limit=settings.prediction_buffer_limit,
                 on_flush=metrics.sync_prediction_writer,
+                before_write=monitor.before_write if monitor is not None else None,
             )
             await writer.start()
             upstream = Upstream(settings)
@@ -114,6 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 feedback_buckets=feedback.feedback_buckets(settings),
                 prompt_opt_tasks=set(),
                 calibration_collector=collector,
+                shift=monitor,
             )
             logger.info(
                 "gateway ready: upstream %s, store %s",
@@ -160,9 +165,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(feedback.router)
     app.include_router(health.router)
     app.include_router(metrics_routes.router)
+    app.include_router(shift.router)  # before calibration's `/models/{model:path}` catch-all
     app.include_router(calibration.router)
     app.include_router(prompt_opt.router)
     return app
+
+
+def _shift_monitor(settings: Settings, store: Store) -> ShiftMonitor | None:
+    """The input-shift gauge (docs/refit.md, "Input shift"), unless `shift_enabled` is off."""
+    if not settings.shift_enabled:
+        return None
+    return ShiftMonitor(
+        store,
+        window_size=settings.shift_window,
+        reference_size=settings.shift_reference_size,
+        alpha=settings.shift_alpha,
+        permutations=settings.shift_permutations,
+        min_samples=settings.shift_min_samples,
+        max_age_s=settings.refit_max_age_s,
+    )
 
 
 def _telemetry_options(settings: Settings) -> dict[str, Any]:

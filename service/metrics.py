@@ -89,6 +89,7 @@ __all__ = [
     "render_metrics",
     "set_known_models",
     "sync_prediction_writer",
+    "task_label",
 ]
 
 logger = logging.getLogger(__name__)
@@ -203,6 +204,11 @@ def forget_known_models(source: str) -> None:
 def known_models() -> frozenset[str]:
     """Every model name that currently gets its own label value."""
     return _model_label.known
+
+
+def task_label(task: str | None) -> str:
+    """The `task` label value of `task` (bounded per process, like every `task` label)."""
+    return _task_label(task)
 
 
 def _choice(value: str, allowed: tuple[str, ...], what: str) -> str:
@@ -519,10 +525,12 @@ def exported_series_names() -> frozenset[str]:
     Derived from the declared metrics and the collector's families, not from a hand-kept list.
     """
     from service.calibration_health import CalibrationCollector  # it imports this module
+    from service.shift.collector import ShiftCollector
 
     families = [
         *REGISTRY.collect(),
         *CalibrationCollector(list).describe(),
+        *ShiftCollector.describe(),
         *BUILD_INFO.collect(),
     ]
     names: set[str] = set()

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from service.rate_limit import TokenBuckets
     from service.refit import RefitRunner, RefitScheduler
     from service.settings import Settings
+    from service.shift import ShiftMonitor
     from service.store import PredictionWriter, Store
 
 __all__ = ["AppState", "Services", "per_app"]
@@ -53,6 +54,7 @@ class Services:
     feedback_buckets: TokenBuckets | None  # None: feedback_rate_per_s is 0
     prompt_opt_tasks: set[asyncio.Task[Any]]  # running prompt-optimization jobs
     calibration_collector: CalibrationCollector  # calibration health on /metrics
+    shift: ShiftMonitor | None = None  # the input-shift gauge (None: shift_enabled is off)
 
     @property
     def metrics_cache_seconds(self) -> float:

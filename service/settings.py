@@ -216,6 +216,22 @@ class Settings(BaseSettings):
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     default_model: ModelConfig = Field(default_factory=ModelConfig)
 
+    # --- input-shift gauge (docs/refit.md, "Input shift"); env CALIB_SHIFT_* ----------------
+    shift_enabled: bool = Field(
+        True, description="Embed request inputs and compare them with the profile's fit window."
+    )
+    shift_window: int = Field(500, ge=10, description="Newest requests per (model, task) window.")
+    shift_reference_size: int = Field(
+        1000, ge=10, description="Most fit-window predictions in a reference sample."
+    )
+    shift_alpha: float = Field(
+        0.01, gt=0, lt=0.5, description="False-alarm rate of a window from the reference's data."
+    )
+    shift_permutations: int = Field(499, ge=19, le=10_000, description="Permutations per test.")
+    shift_min_samples: int = Field(
+        20, ge=2, description="A modality is tested once window and reference have this many."
+    )
+
     # --- refit (docs/refit.md); env CALIB_REFIT_* -------------------------------------------
     refit_enabled: bool = Field(True, description="Run the in-process refit scheduler.")
     refit_interval_s: float = Field(

@@ -204,11 +204,12 @@ def _bad_image(message: str, param: str) -> APIError:
     return APIError(400, message, param=param, code="invalid_image_url")
 
 
-def validate_image_parts(messages: list[Any]) -> int:
+def validate_image_parts(messages: list[Any], decoded: list[bytes] | None = None) -> int:
     """Check every image part of chat `messages`; return the total data-URL payload size.
 
     Raises `APIError(400)` at the first malformed part. Cheap for http(s) URLs; data URLs are
-    base64-decoded once (the caller runs this off the event loop when the payload is large).
+    base64-decoded once (the caller runs this off the event loop when the payload is large) and,
+    with `decoded` given, their bytes appended to it (the input-shift gauge embeds them later).
     """
     total = 0
     for i, message in enumerate(messages):
@@ -223,11 +224,11 @@ def validate_image_parts(messages: list[Any]) -> int:
             url = image.get("url") if isinstance(image, dict) else image
             if not isinstance(url, str) or not url:
                 raise _bad_image("An image_url part needs a non-empty `url` string.", param)
-            total += _check_url(url, param)
+            total += _check_url(url, param, decoded)
     return total
 
 
-def _check_url(url: str, param: str) -> int:
+def _check_url(url: str, param: str, decoded: list[bytes] | None = None) -> int:
     head = url[:16].lower()
     if head.startswith(("http://", "https://")):
         return 0
@@ -236,7 +237,10 @@ def _check_url(url: str, param: str) -> int:
         raise _bad_image(
             f"Unsupported image URL scheme {scheme!r}: use http(s) or a data: URL.", param
         )
-    return len(data_url_bytes(url, param))
+    data = data_url_bytes(url, param)
+    if decoded is not None:
+        decoded.append(data)
+    return len(data)
 
 
 def data_url_bytes(url: str, param: str = "image_url") -> bytes:

@@ -46,6 +46,7 @@ from service.proxy._visual_probe import VisualProbe, start_visual_probe
 from service.proxy._visual_probe import observe as observe_visual_probe
 from service.services import Services
 from service.settings import ModelConfig
+from service.shift import RequestInputs
 from service.store import PredictionRecord
 
 __all__ = ["ProxyFastPath", "complete"]
@@ -91,12 +92,16 @@ class _Prepared:
     request_content: dict[str, Any] | None
     n: int = 1  # choices per prompt
     echoed: tuple[Echoed, ...] | None = None  # what vLLM echoes (OpenAIServing.echoed)
+    inputs: RequestInputs | None = None  # for the input-shift gauge (None: it is off)
 
 
-def _check(raw: bytes, serving: OpenAIServing) -> tuple[dict[str, Any], str, LogprobWish, Any]:
-    """Parse + validate (pure CPU; runs in a thread for big bodies)."""
+def _check(
+    raw: bytes, serving: OpenAIServing, images: list[bytes] | None = None
+) -> tuple[dict[str, Any], str, LogprobWish, Any]:
+    """Parse + validate (pure CPU; runs in a thread for big bodies); data-URL images' decoded
+    bytes go to `images` when given."""
     body = parse_json_body(raw)
-    model, wish = serving.check(body)
+    model, wish = serving.check(body, images)
     return body, model, wish, body[serving.prompt_key]
 
 
@@ -104,11 +109,12 @@ async def _prepare(request: Request, services: Services, serving: OpenAIServing)
     settings = services.settings
     check_content_type(request.headers.get("content-type"))
     raw = await request.body()
+    images: list[bytes] | None = [] if services.shift is not None else None
     if len(raw) > _OFFLOAD_BYTES:
-        body, model, wish, prompt = await asyncio.to_thread(_check, raw, serving)
+        body, model, wish, prompt = await asyncio.to_thread(_check, raw, serving, images)
         prompt_hash = await asyncio.to_thread(_prompt_hash, model, prompt)
     else:
-        body, model, wish, prompt = _check(raw, serving)
+        body, model, wish, prompt = _check(raw, serving, images)
         prompt_hash = _prompt_hash(model, prompt)
 
     wanted = parse_calibration(body.pop("calibration", None))
@@ -138,6 +144,7 @@ async def _prepare(request: Request, services: Services, serving: OpenAIServing)
         request_content={serving.prompt_key: prompt} if settings.store_request_content else None,
         n=body.get("n") or 1,
         echoed=serving.echoed(body),
+        inputs=RequestInputs(prompt, images, profile.task) if images is not None else None,
     )
 
 
@@ -171,6 +178,8 @@ def _submit(
         abstain_reason=out.abstain_reason,
         request_content=prep.request_content,
     )
+    if prep.inputs is not None and services.shift is not None:
+        services.shift.observe(record, prep.inputs)  # embedded on the writer's thread
     try:
         services.writer.submit(record)
     except Exception:  # a full buffer or a closed writer must not turn a good answer into a 500

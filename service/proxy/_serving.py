@@ -344,8 +344,11 @@ class OpenAIServing:
     chunk_object: str  # `object` of a streamed chunk the gateway makes up itself
     likelihoods: LikelihoodScorer  # options scored after the prompt (`scoring: "likelihood"`)
 
-    def check(self, body: dict[str, Any]) -> tuple[str, LogprobWish]:
-        """Validate the fields the gateway touches; return (model, the client's logprob wish)."""
+    def check(
+        self, body: dict[str, Any], images: list[bytes] | None = None
+    ) -> tuple[str, LogprobWish]:
+        """Validate the fields the gateway touches; return (model, the client's logprob wish).
+        With `images`, the decoded bytes of data-URL images are appended to it."""
         raise NotImplementedError
 
     def inject_logprobs(self, body: dict[str, Any], wish: LogprobWish, k: int) -> None:
@@ -406,9 +409,11 @@ class ServingChat(OpenAIServing):
     chunk_object = "chat.completion.chunk"
     likelihoods = staticmethod(chat_likelihoods)
 
-    def check(self, body: dict[str, Any]) -> tuple[str, LogprobWish]:
+    def check(
+        self, body: dict[str, Any], images: list[bytes] | None = None
+    ) -> tuple[str, LogprobWish]:
         model, wish = check_chat(body)
-        validate_image_parts(body["messages"])
+        validate_image_parts(body["messages"], images)
         return model, wish
 
     inject_logprobs = staticmethod(inject_chat_logprobs)
@@ -464,7 +469,9 @@ class ServingCompletion(OpenAIServing):
     chunk_object = "text_completion"
     likelihoods = staticmethod(completion_likelihoods)
 
-    def check(self, body: dict[str, Any]) -> tuple[str, LogprobWish]:
+    def check(
+        self, body: dict[str, Any], images: list[bytes] | None = None
+    ) -> tuple[str, LogprobWish]:
         return check_completions(body)
 
     inject_logprobs = staticmethod(inject_completion_logprobs)

@@ -5,7 +5,8 @@ Reads from `request.app.state`, all optional:
 * the calibration-health collector (`service.calibration_health.collector_for`: the one in
   `Services`, or on an app without them a ready ``calibration_collector``, or one built once
   from ``calibration_source`` and ``refit_source``);
-* ``prediction_writer`` — the `PredictionWriter`, whose drop/failure counters are synced at scrape.
+* ``prediction_writer`` — the `PredictionWriter`, whose drop/failure counters are synced at scrape;
+* ``shift`` — the `ShiftMonitor`, whose input-shift gauges are computed at scrape.
 
 The handler is a plain ``def`` on purpose: FastAPI runs it in the thread pool, so the store read
 behind the calibration gauges never blocks the event loop.
@@ -20,6 +21,7 @@ from fastapi import APIRouter, Request, Response
 from service.calibration_health import collector_for
 from service.errors import APIError
 from service.metrics import render_metrics, sync_prediction_writer
+from service.shift import ShiftCollector
 
 __all__ = ["router"]
 
@@ -53,6 +55,9 @@ def metrics(request: Request) -> Response:
     if writer is not None:
         sync_prediction_writer(writer)
     collector = collector_for(request.app)
-    collectors = [collector] if collector is not None else []
+    collectors: list[object] = [collector] if collector is not None else []
+    monitor = getattr(state, "shift", None)
+    if monitor is not None:
+        collectors.append(ShiftCollector(monitor))
     body, content_type = render_metrics(*collectors, accept=request.headers.get("accept"))
     return Response(content=body, headers={"Content-Type": content_type})

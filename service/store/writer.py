@@ -40,9 +40,13 @@ class PredictionWriter:
         buffer_limit: int = 50_000,
         close_timeout_s: float = 10.0,
         on_flush: Callable[[PredictionWriter], None] | None = None,
+        before_write: Callable[[list[PredictionRecord]], None] | None = None,
     ) -> None:
         self.store = store
         self.on_flush = on_flush  # called after each background flush (e.g. metrics sync)
+        # Called with each batch on the write thread before the INSERT (it may add features:
+        # the input-shift gauge embeds request inputs there, off the request path).
+        self.before_write = before_write
         self.flush_interval_s = flush_interval_s
         self.batch_size = batch_size
         self.buffer_limit = buffer_limit
@@ -165,7 +169,7 @@ class PredictionWriter:
             while self._pending:
                 batch = list(_take(self._pending, self.batch_size))
                 try:
-                    await asyncio.to_thread(self.store.insert_predictions, batch)
+                    await asyncio.to_thread(self._insert, batch)
                 except StoreUnavailable as error:
                     self._failed(error)
                     if raise_errors:
@@ -183,7 +187,7 @@ class PredictionWriter:
     async def _write_singly(self, batch: list[PredictionRecord], *, raise_errors: bool) -> bool:
         for record in batch:
             try:
-                await asyncio.to_thread(self.store.insert_predictions, [record])
+                await asyncio.to_thread(self._insert, [record])
             except StoreUnavailable as error:
                 self._failed(error)
                 if raise_errors:
@@ -197,6 +201,14 @@ class PredictionWriter:
             self._committed([record])
         self._backoff_s = 0.0
         return True
+
+    def _insert(self, batch: list[PredictionRecord]) -> None:
+        if self.before_write is not None:
+            try:
+                self.before_write(batch)
+            except Exception:  # a hook must not lose predictions
+                logger.exception("prediction writer: before_write hook failed")
+        self.store.insert_predictions(batch)
 
     def _committed(self, batch: list[PredictionRecord]) -> None:
         for record in batch:

@@ -18,7 +18,8 @@ from service import metrics
 from service.calibration_health import CalibrationCollector, CalibrationState
 from service.metrics import REGISTRY, exported_series_names, render_metrics
 from service.routes.metrics import router
-from service.store import RefitTally
+from service.shift import RequestInputs, ShiftCollector, ShiftMonitor
+from service.store import FeedbackItem, PredictionRecord, RefitTally, Store
 
 #: The made-up model names below are "configured" for these tests (only known models get their
 #: own label value; see test_only_known_models_get_a_label_of_their_own).
@@ -58,6 +59,8 @@ CONTRACT = {
     "calib_refits_total",
     "calib_last_refit_failure_timestamp_seconds",
     "calib_build_info",
+    "calib_input_shift_score",
+    "calib_input_shift_threshold",
 }
 
 OPENMETRICS_ACCEPT = (
@@ -101,6 +104,32 @@ def _full_collector() -> CalibrationCollector:
     return CalibrationCollector(lambda: [state], refit_source=lambda: tallies)
 
 
+def _shift_collector(tmp_path) -> ShiftCollector:  # type: ignore[no-untyped-def]
+    """A real monitor on a real SQLite store: 25 labeled requests, a profile version fitted on
+    them (its reference), then 25 requests in the window."""
+    store = Store.open(f"sqlite:///{tmp_path / 'shift.db'}")
+    monitor = ShiftMonitor(store, min_samples=20, permutations=99)
+
+    def served(start: int, version: int) -> list[PredictionRecord]:
+        records = []
+        for i in range(start, start + 25):
+            record = PredictionRecord(
+                f"shift-{i}", "expo", "vqa", "default", "options", None, None, "A", 0.5, 0.5,
+                profile_version=version,
+            )  # fmt: skip
+            monitor.observe(record, RequestInputs(f"question {i} about things", profile_task="vqa"))
+            records.append(record)
+        monitor.before_write(records)
+        store.insert_predictions(records)
+        return records
+
+    labeled = served(0, 0)
+    store.record_feedback([FeedbackItem(r.id, correct=True) for r in labeled], "default", True)
+    version = store.save_profile(Profile(model="expo", task="vqa"), activate=True, reason="t")
+    served(100, version.version)
+    return ShiftCollector(monitor)
+
+
 def _observe_everything() -> None:
     """Every request-path metric observed at least once."""
     metrics.observe_request("expo", "/v1/chat/completions", 200, 0.35, 0.3)
@@ -122,9 +151,9 @@ def _series_names(text: str) -> set[str]:
     }
 
 
-def test_every_contract_metric_is_exported() -> None:
+def test_every_contract_metric_is_exported(tmp_path) -> None:  # type: ignore[no-untyped-def]
     _observe_everything()
-    body, _ = render_metrics(_full_collector())
+    body, _ = render_metrics(_full_collector(), _shift_collector(tmp_path))
     names = _series_names(body.decode())
     assert names >= CONTRACT, sorted(CONTRACT - names)
     # What is exported is exactly what `exported_series_names` (used by the deploy checks) says.

@@ -14,6 +14,8 @@ CONTRACT = {
     "Mode", "AbstainPolicy", "AbstainReason", "Method", "Scoring",
     "MODES", "ABSTAIN_POLICIES", "ABSTAIN_REASONS", "METHODS", "SCORINGS",
     "FeatureLogistic", "CONFIDENCE_LOGIT", "confidence_logit",
+    "text_embedding", "image_embedding", "fit_shift_reference", "shift_test", "ShiftReference",
+    "ShiftResult", "TEXT_EMBEDDING_DIM", "IMAGE_EMBEDDING_DIM",
 }  # fmt: skip
 
 
