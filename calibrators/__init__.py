@@ -4,6 +4,7 @@ No I/O anywhere in this package: the service and the clients feed it plain Pytho
 values and store what ``to_dict()`` returns.
 """
 
+from .conformal import ConformalTable, conformal_scores, fit_conformal, prediction_set
 from .drift import ks_statistic, population_stability_index
 from .isotonic import IsotonicCalibrator
 from .metrics import (
@@ -57,6 +58,7 @@ __all__ = [
     "AbstainReason",
     "Calibrated",
     "Candidate",
+    "ConformalTable",
     "Evaluation",
     "IsotonicCalibrator",
     "Method",
@@ -77,7 +79,9 @@ __all__ = [
     "auroc",
     "better",
     "brier_score",
+    "conformal_scores",
     "expected_calibration_error",
+    "fit_conformal",
     "grid_search_temperature",
     "ks_statistic",
     "maximum_calibration_error",
@@ -85,6 +89,7 @@ __all__ = [
     "normalize_prompt",
     "normalize_token",
     "population_stability_index",
+    "prediction_set",
     "rank_key",
     "reliability_bins",
     "risk_coverage_curve",

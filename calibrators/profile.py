@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from .conformal import ConformalTable
 from .isotonic import IsotonicCalibrator
 from .platt import PlattScaler
 from .scoring import OptionScore, SequenceScore, _softmax
@@ -55,6 +56,9 @@ class Profile:
     fitted_at: str | None = None
     n_labels: int = 0
     notes: str | None = None
+    #: Options mode: the split-conformal score table (`ConformalTable.to_dict()`), fitted at
+    #: refit time on the held-out part; None until a refit fitted it (no prediction sets).
+    conformal: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -72,6 +76,8 @@ class Profile:
     def __setattr__(self, name: str, value: Any) -> None:
         if name in ("method", "calibrator"):
             self.__dict__.pop("fitted_calibrator", None)
+        if name == "conformal":
+            self.__dict__.pop("conformal_table", None)
         super().__setattr__(name, value)
 
     @classmethod
@@ -85,6 +91,11 @@ class Profile:
         if self.method == "none" or self.calibrator is None:
             return None
         return _CALIBRATOR_TYPES[self.method].from_dict(self.calibrator)
+
+    @cached_property
+    def conformal_table(self) -> ConformalTable | None:
+        """The conformal table rebuilt from ``conformal`` (None before a refit fitted it)."""
+        return None if self.conformal is None else ConformalTable.from_dict(self.conformal)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serializable dict (a deep copy)."""

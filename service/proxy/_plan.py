@@ -37,6 +37,7 @@ _KEYS = {
     "add_idk_option",
     "idk_text",
     "scoring",
+    "set_coverage",
 }
 
 
@@ -53,6 +54,7 @@ class CalibrationRequest:
     add_idk_option: bool | None = None
     idk_text: str | None = None
     scoring: Scoring | None = None
+    set_coverage: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +73,7 @@ class CalibrationPlan:
     scoring: Scoring = (
         "path"  # options mode: "likelihood" scores each option after the prompt (_likelihood.py)
     )
+    set_coverage: float = 0.9  # options mode: target coverage of the prediction set
 
 
 def _bad(message: str, param: str) -> APIError:
@@ -147,6 +150,19 @@ def parse_calibration(raw: Any) -> CalibrationRequest:
     if scoring is not None and scoring not in SCORINGS:
         raise _bad("`scoring` must be 'path' or 'likelihood'.", "scoring")
 
+    set_coverage = raw.get("set_coverage")
+    if set_coverage is not None:
+        if (
+            isinstance(set_coverage, bool)
+            or not isinstance(set_coverage, int | float)
+            or not 0.0 < float(set_coverage) < 1.0
+        ):
+            raise _bad(
+                "`set_coverage` must be a number strictly between 0 and 1 (e.g. 0.9).",
+                "set_coverage",
+            )
+        set_coverage = float(set_coverage)
+
     return CalibrationRequest(
         options=options,
         idk_option=idk,
@@ -157,6 +173,7 @@ def parse_calibration(raw: Any) -> CalibrationRequest:
         add_idk_option=add_idk,
         idk_text=idk_text.strip() if idk_text else None,
         scoring=scoring,
+        set_coverage=set_coverage,
     )
 
 
@@ -212,4 +229,7 @@ def resolve_plan(
         idk_added=idk_added and mode == "options",
         idk_text=idk_text,
         scoring=request.scoring or config.scoring,
+        set_coverage=(
+            request.set_coverage if request.set_coverage is not None else config.set_coverage
+        ),
     )

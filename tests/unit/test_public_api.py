@@ -13,6 +13,7 @@ CONTRACT = {
     "population_stability_index", "ks_statistic", "Profile", "Calibrated", "apply_profile",
     "Mode", "AbstainPolicy", "AbstainReason", "Method", "Scoring",
     "MODES", "ABSTAIN_POLICIES", "ABSTAIN_REASONS", "METHODS", "SCORINGS",
+    "ConformalTable", "conformal_scores", "fit_conformal", "prediction_set",
 }  # fmt: skip
 
 
