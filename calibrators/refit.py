@@ -171,8 +171,10 @@ def _finite(metrics: dict[str, Any]) -> dict[str, Any]:
 def _conformal(challenger: Any, data: LabeledSet) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """Options mode: the conformal table of the held-out items under the challenger's option
     probabilities, and what went into it (for the refit's metrics)."""
-    if data.mode != "options" or data.option_logprobs is None or not isinstance(
-        challenger, TemperatureScaler
+    if (
+        data.mode != "options"
+        or data.option_logprobs is None
+        or not isinstance(challenger, TemperatureScaler)
     ):
         return None, {}
     probs = challenger.predict_proba(data.option_logprobs)

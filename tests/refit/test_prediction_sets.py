@@ -1,0 +1,185 @@
+"""Prediction sets through the real gateway: an upstream double answers with known option
+logprobs, the labels come from a known distribution (softmax(z / 2): the model is
+overconfident), feedback and refit go through the HTTP API, and fresh questions are checked.
+
+Sizes: the refit's held-out part (30 % of 3000 labels, ~900 calibration scores) and 2000 fresh
+questions per target give a standard deviation of about 0.012 for the measured coverage at 0.9;
+the band [target - 0.03, target + 0.05] is 2.5 of them below. Seeds are fixed, and
+`_check_band` is also shown to reject sets built one quantile step too small (coverage - 0.05).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from calibrators import prediction_set
+from service.store import Store
+from tests.conftest import GATEWAY_MODELS, Gateway, start_gateway
+from tests.refit.helpers import OPTIONS, OptionItem, option_items, queue_reply
+from tests.upstream_double import StreamReply, UpstreamDouble, chat_stream
+
+T_TRUE = 2.0
+MODELS = {**GATEWAY_MODELS, "mcq-80": {"options": OPTIONS, "set_coverage": 0.8}}
+
+
+@pytest.fixture(scope="module")
+def sets_gateway(upstream_double: UpstreamDouble, tmp_path_factory) -> Iterator[Gateway]:
+    db = tmp_path_factory.mktemp("sets") / "calib.db"
+    gw = start_gateway(
+        upstream_double.base_url,
+        db,
+        models=MODELS,
+        refit_enabled=False,
+        refit_executor="thread",
+        refit_min_labels=50,
+    )
+    yield gw
+    gw.server.stop()
+
+
+@pytest.fixture
+def api(sets_gateway: Gateway, double: UpstreamDouble) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=sets_gateway.url, timeout=60.0) as client:
+        yield client
+
+
+def _body(model: str, task: str, coverage: float | None = None) -> dict:
+    calibration: dict = {"task": task}
+    if coverage is not None:
+        calibration["set_coverage"] = coverage
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": "Pick A, B, C or D."}],
+        "calibration": calibration,
+    }
+
+
+def ask(api, double, items, model, task, coverage=None) -> list[dict]:
+    double.reply = queue_reply(items)
+    out = []
+    for _ in items:
+        response = api.post("/v1/chat/completions", json=_body(model, task, coverage))
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["choices"][0]["calibration"] == body["calibration"]
+        out.append(body["calibration"])
+    return out
+
+
+def train(api, double, model: str, task: str, n: int, seed: int) -> dict:
+    items = option_items(n, T_TRUE, seed=seed)
+    cals = ask(api, double, items, model, task)
+    assert all("prediction_set" not in cal and "set_coverage" not in cal for cal in cals)
+    batch = [
+        {"id": cal["id"], "label": OPTIONS[item.truth]}
+        for cal, item in zip(cals, items, strict=True)
+    ]
+    for start in range(0, len(batch), 500):
+        response = api.post("/v1/feedback", json=batch[start : start + 500])
+        assert response.status_code == 200, response.text
+    response = api.post(f"/v1/calibration/models/{model}/refit", params={"task": task})
+    assert response.status_code == 200, response.text
+    outcome = response.json()
+    assert outcome["status"] == "activated", outcome
+    return outcome
+
+
+def _check_band(sets: list[list[str]], items: list[OptionItem], target: float) -> float:
+    covered = sum(OPTIONS[item.truth] in s for s, item in zip(sets, items, strict=True))
+    coverage = covered / len(items)
+    assert target - 0.03 <= coverage <= target + 0.05, (target, coverage)
+    return coverage
+
+
+@pytest.fixture(scope="module")
+def trained(sets_gateway: Gateway, upstream_double: UpstreamDouble) -> dict:
+    upstream_double.reset()
+    with httpx.Client(base_url=sets_gateway.url, timeout=60.0) as client:
+        outcome = train(client, upstream_double, "mcq", "sets", 3000, seed=101)
+    upstream_double.reset()
+    return outcome
+
+
+@pytest.mark.parametrize(("target", "seed"), [(0.9, 201), (0.8, 202), (0.95, 203)])
+def test_fresh_questions_are_covered_at_the_target(
+    api, double, trained, sets_gateway, target, seed
+) -> None:
+    assert trained["metrics"]["conformal"]["n"] == trained["metrics"]["n_heldout"]
+    items = option_items(2000, T_TRUE, seed=seed)
+    coverage_arg = None if target == 0.9 else target  # 0.9: the model's default
+    cals = ask(api, double, items, "mcq", "sets", coverage_arg)
+    sets = [cal["prediction_set"] for cal in cals]
+    assert all(cal["set_coverage"] == target for cal in cals)
+    for cal in cals:  # ordered by probability, drawn from the options, never empty
+        probs = [cal["option_probs"][label] for label in cal["prediction_set"]]
+        assert probs == sorted(probs, reverse=True) and set(cal["prediction_set"]) <= set(OPTIONS)
+        assert cal["prediction_set"]
+    coverage = _check_band(sets, items, target)
+    mean_size = sum(map(len, sets)) / len(sets)
+    assert mean_size < len(OPTIONS)
+
+    # The band has power: sets from a quantile 0.05 too low (what a wrong rank gives) fail it.
+    profile = sets_gateway.app.state.store.active_profile("mcq", "sets")
+    table = profile.conformal_table
+    assert table is not None
+    smaller = [prediction_set(cal["option_probs"], table.quantile(target - 0.06)) for cal in cals]
+    with pytest.raises(AssertionError):
+        _check_band(smaller, items, target)
+    print(f"target {target}: coverage {coverage:.4f}, mean set size {mean_size:.3f}")
+
+
+def test_sets_are_recorded_and_streamed(api, double, trained, sets_gateway) -> None:
+    item = option_items(1, T_TRUE, seed=301)[0]
+    plain = ask(api, double, [item], "mcq", "sets", 0.7)[0]
+    assert plain["set_coverage"] == 0.7
+
+    double.reply = StreamReply(chat_stream(item.steps(), model="mcq"))
+    body = {**_body("mcq", "sets", 0.7), "stream": True}
+    with api.stream("POST", "/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        chunks = [
+            json.loads(line[6:])
+            for line in response.iter_lines()
+            if line.startswith("data: ") and line != "data: [DONE]"
+        ]
+    final = chunks[-1]["calibration"]
+    assert final["prediction_set"] == plain["prediction_set"]
+    assert final["set_coverage"] == 0.7
+    finished = [c for c in chunks if c.get("choices") and "calibration" in c["choices"][0]]
+    assert finished[0]["choices"][0]["calibration"]["prediction_set"] == plain["prediction_set"]
+
+    store = sets_gateway.app.state.store
+    for cid in (plain["id"], final["id"]):
+        record = _wait_for(store, cid)
+        indices = record.features["set_indices"]
+        assert [OPTIONS[i] for i in indices] == plain["prediction_set"]
+        assert record.features["set_coverage"] == 0.7
+
+
+def _wait_for(store: Store, cid: str):
+    import time
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        record = store.get_prediction(cid)
+        if record is not None:
+            return record
+        time.sleep(0.05)
+    raise AssertionError(f"prediction {cid} was not stored")
+
+
+def test_model_setting_and_bad_coverages(api, double) -> None:
+    outcome = train(api, double, "mcq-80", "default", 400, seed=401)
+    assert outcome["activated"]
+    cal = ask(api, double, option_items(1, T_TRUE, seed=402), "mcq-80", "default")[0]
+    assert cal["set_coverage"] == 0.8 and cal["prediction_set"]
+    for bad in (0, 1, 1.5, -0.1, "0.9", True):
+        response = api.post("/v1/chat/completions", json=_body("mcq", "sets", bad))
+        assert response.status_code == 400, (bad, response.text)
+        error = response.json()["error"]
+        assert error["param"] == "calibration.set_coverage"
+        assert "set_coverage" in error["message"] and error["type"] == "invalid_request_error"
