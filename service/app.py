@@ -34,6 +34,7 @@ from service.auth import check_open_mode
 from service.body_limit import BodyLimitMiddleware
 from service.calibration_health import CalibrationCollector, make_calibration_source
 from service.errors import document_errors, install_error_handlers
+from service.guarantee_monitor import GuaranteeCollector, make_guarantee_source
 from service.known_models import KnownModels
 from service.memory_trim import ActivityCounter, IdleMemoryTrimmer
 from service.profiles import ProfileCache
@@ -114,6 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 feedback_buckets=feedback.feedback_buckets(settings),
                 prompt_opt_tasks=set(),
                 calibration_collector=collector,
+                guarantee_collector=GuaranteeCollector(make_guarantee_source(store)),
             )
             logger.info(
                 "gateway ready: upstream %s, store %s",

@@ -448,10 +448,12 @@ def exported_series_names() -> frozenset[str]:
     Derived from the declared metrics and the collector's families, not from a hand-kept list.
     """
     from service.calibration_health import CalibrationCollector  # it imports this module
+    from service.guarantee_monitor import GuaranteeCollector
 
     families = [
         *REGISTRY.collect(),
         *CalibrationCollector(list).describe(),
+        *GuaranteeCollector(list).describe(),
         *BUILD_INFO.collect(),
     ]
     names: set[str] = set()

@@ -5,6 +5,7 @@ Reads from `request.app.state`, all optional:
 * the calibration-health collector (`service.calibration_health.collector_for`: the one in
   `Services`, or on an app without them a ready ``calibration_collector``, or one built once
   from ``calibration_source`` and ``refit_source``);
+* the guarantee monitor's collector (`service.guarantee_monitor.guarantee_collector_for`);
 * ``prediction_writer`` — the `PredictionWriter`, whose drop/failure counters are synced at scrape.
 
 The handler is a plain ``def`` on purpose: FastAPI runs it in the thread pool, so the store read
@@ -19,6 +20,7 @@ from fastapi import APIRouter, Request, Response
 
 from service.calibration_health import collector_for
 from service.errors import APIError
+from service.guarantee_monitor import guarantee_collector_for
 from service.metrics import render_metrics, sync_prediction_writer
 
 __all__ = ["router"]
@@ -52,7 +54,7 @@ def metrics(request: Request) -> Response:
     writer = getattr(state, "prediction_writer", None)
     if writer is not None:
         sync_prediction_writer(writer)
-    collector = collector_for(request.app)
-    collectors = [collector] if collector is not None else []
+    found = (collector_for(request.app), guarantee_collector_for(request.app))
+    collectors = [collector for collector in found if collector is not None]
     body, content_type = render_metrics(*collectors, accept=request.headers.get("accept"))
     return Response(content=body, headers={"Content-Type": content_type})
