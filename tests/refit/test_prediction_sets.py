@@ -19,10 +19,10 @@ import pytest
 from calibrators import prediction_set
 from service.store import Store
 from tests.conftest import GATEWAY_MODELS, Gateway, start_gateway
-from tests.refit.helpers import OPTIONS, OptionItem, option_items, queue_reply
+from tests.refit.helpers import OPTIONS, OptionItem, option_items
+from tests.refit.sets_helpers import T_TRUE, ask, body_for, train
 from tests.upstream_double import StreamReply, UpstreamDouble, chat_stream
 
-T_TRUE = 2.0
 MODELS = {**GATEWAY_MODELS, "mcq-80": {"options": OPTIONS, "set_coverage": 0.8}}
 
 
@@ -45,47 +45,6 @@ def sets_gateway(upstream_double: UpstreamDouble, tmp_path_factory) -> Iterator[
 def api(sets_gateway: Gateway, double: UpstreamDouble) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=sets_gateway.url, timeout=60.0) as client:
         yield client
-
-
-def _body(model: str, task: str, coverage: float | None = None) -> dict:
-    calibration: dict = {"task": task}
-    if coverage is not None:
-        calibration["set_coverage"] = coverage
-    return {
-        "model": model,
-        "messages": [{"role": "user", "content": "Pick A, B, C or D."}],
-        "calibration": calibration,
-    }
-
-
-def ask(api, double, items, model, task, coverage=None) -> list[dict]:
-    double.reply = queue_reply(items)
-    out = []
-    for _ in items:
-        response = api.post("/v1/chat/completions", json=_body(model, task, coverage))
-        assert response.status_code == 200, response.text
-        body = response.json()
-        assert body["choices"][0]["calibration"] == body["calibration"]
-        out.append(body["calibration"])
-    return out
-
-
-def train(api, double, model: str, task: str, n: int, seed: int) -> dict:
-    items = option_items(n, T_TRUE, seed=seed)
-    cals = ask(api, double, items, model, task)
-    assert all("prediction_set" not in cal and "set_coverage" not in cal for cal in cals)
-    batch = [
-        {"id": cal["id"], "label": OPTIONS[item.truth]}
-        for cal, item in zip(cals, items, strict=True)
-    ]
-    for start in range(0, len(batch), 500):
-        response = api.post("/v1/feedback", json=batch[start : start + 500])
-        assert response.status_code == 200, response.text
-    response = api.post(f"/v1/calibration/models/{model}/refit", params={"task": task})
-    assert response.status_code == 200, response.text
-    outcome = response.json()
-    assert outcome["status"] == "activated", outcome
-    return outcome
 
 
 def _check_band(sets: list[list[str]], items: list[OptionItem], target: float) -> float:
@@ -138,7 +97,7 @@ def test_sets_are_recorded_and_streamed(api, double, trained, sets_gateway) -> N
     assert plain["set_coverage"] == 0.7
 
     double.reply = StreamReply(chat_stream(item.steps(), model="mcq"))
-    body = {**_body("mcq", "sets", 0.7), "stream": True}
+    body = {**body_for("mcq", "sets", 0.7), "stream": True}
     with api.stream("POST", "/v1/chat/completions", json=body) as response:
         assert response.status_code == 200
         chunks = [
@@ -178,7 +137,7 @@ def test_model_setting_and_bad_coverages(api, double) -> None:
     cal = ask(api, double, option_items(1, T_TRUE, seed=402), "mcq-80", "default")[0]
     assert cal["set_coverage"] == 0.8 and cal["prediction_set"]
     for bad in (0, 1, 1.5, -0.1, "0.9", True):
-        response = api.post("/v1/chat/completions", json=_body("mcq", "sets", bad))
+        response = api.post("/v1/chat/completions", json=body_for("mcq", "sets", bad))
         assert response.status_code == 400, (bad, response.text)
         error = response.json()["error"]
         assert error["param"] == "calibration.set_coverage"
