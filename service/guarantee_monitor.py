@@ -53,8 +53,8 @@ __all__ = [
     "binomial_p_value",
     "guarantee_collector_for",
     "make_guarantee_source",
-    "set_coverage_state",
     "selective_risk_state",
+    "set_coverage_state",
 ]
 
 logger = logging.getLogger(__name__)

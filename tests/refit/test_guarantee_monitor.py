@@ -65,9 +65,9 @@ def _gauges(api, task: str) -> dict[tuple[str, str], float]:
     for family in text_string_to_metric_families(response.text):
         for sample in family.samples:
             labels = sample.labels
-            if labels.get("model") == "mcq" and labels.get("task") == task:
-                if sample.name.startswith(("calib_realized", "calib_guarantee")):
-                    out[(sample.name, labels.get("kind", ""))] = sample.value
+            ours = labels.get("model") == "mcq" and labels.get("task") == task
+            if ours and sample.name.startswith(("calib_realized", "calib_guarantee")):
+                out[(sample.name, labels.get("kind", ""))] = sample.value
     return out
 
 
