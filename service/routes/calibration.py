@@ -357,7 +357,8 @@ def _apply_update(base: Any, update: ProfileUpdate, given: set[str]) -> tuple[An
     metrics = dict(base.metrics or {})
     if calibration_changed:
         metrics = {}  # held-out numbers of another calibration would be misleading
-        changes.update(fitted_at=None, n_labels=0)
+        # The conformal table holds scores under the old calibration: no prediction sets.
+        changes.update(fitted_at=None, n_labels=0, conformal=None)
     elif "threshold" in given:
         for key in ("coverage", "selective_risk"):
             metrics.pop(key, None)

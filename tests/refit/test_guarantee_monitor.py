@@ -106,9 +106,7 @@ def _check(gauges: dict, expected: dict, n: int) -> None:
     )
     assert gauges[("calib_realized_guarantee_labels", "set_coverage")] == n
     assert gauges[("calib_realized_set_coverage", "")] == pytest.approx(1 - expected["misses"] / n)
-    assert gauges[("calib_guarantee_target", "set_coverage")] == pytest.approx(
-        expected["coverage"]
-    )
+    assert gauges[("calib_guarantee_target", "set_coverage")] == pytest.approx(expected["coverage"])
     assert gauges[("calib_guarantee_p_value", "set_coverage")] == pytest.approx(
         expected["set_p"], rel=1e-9
     )

@@ -142,3 +142,23 @@ def test_model_setting_and_bad_coverages(api, double) -> None:
         error = response.json()["error"]
         assert error["param"] == "calibration.set_coverage"
         assert "set_coverage" in error["message"] and error["type"] == "invalid_request_error"
+
+
+def test_a_hand_set_temperature_drops_the_sets_a_threshold_keeps_them(api, double) -> None:
+    train(api, double, "mcq-80", "by-hand", 400, seed=501)
+    item = option_items(1, T_TRUE, seed=502)
+
+    def asked() -> dict:
+        return ask(api, double, item, "mcq-80", "by-hand")[0]
+
+    assert asked()["prediction_set"]
+    path = "/v1/calibration/models/mcq-80/profile"
+    response = api.put(path, json={"task": "by-hand", "threshold": 0.3})
+    assert response.status_code == 200, response.text
+    assert asked()["prediction_set"]  # the same calibration: the table still applies
+    response = api.put(path, json={"task": "by-hand", "temperature": 1.5})
+    assert response.status_code == 200, response.text
+    after = asked()
+    # Scores under another temperature would not give the promised coverage: no sets.
+    assert after["temperature"] == 1.5
+    assert "prediction_set" not in after and "set_coverage" not in after
