@@ -146,6 +146,12 @@ def _version_body(version: ProfileVersion) -> dict[str, Any]:
         "fitted_at": profile.fitted_at,
         "notes": profile.notes,
         "metrics": _public_metrics(version.metrics),
+        # Prediction sets: the table's size and method, not its scores (up to 1,000 numbers).
+        "conformal": (
+            None
+            if profile.conformal_table is None
+            else {"method": profile.conformal_table.method, "n": profile.conformal_table.n}
+        ),
     }
 
 
