@@ -21,7 +21,13 @@ from service.store import Store
 from tests.conftest import GATEWAY_MODELS, Gateway, start_gateway
 from tests.refit.helpers import OPTIONS, OptionItem, option_items
 from tests.refit.sets_helpers import T_TRUE, ask, body_for, train
-from tests.upstream_double import StreamReply, UpstreamDouble, chat_stream
+from tests.upstream_double import (
+    JSONReply,
+    StreamReply,
+    UpstreamDouble,
+    chat_choices,
+    chat_stream,
+)
 
 MODELS = {**GATEWAY_MODELS, "mcq-80": {"options": OPTIONS, "set_coverage": 0.8}}
 
@@ -162,3 +168,17 @@ def test_a_hand_set_temperature_drops_the_sets_a_threshold_keeps_them(api, doubl
     # Scores under another temperature would not give the promised coverage: no sets.
     assert after["temperature"] == 1.5
     assert "prediction_set" not in after and "set_coverage" not in after
+
+
+def test_every_choice_gets_its_own_set(api, double, trained) -> None:
+    first, second = option_items(2, T_TRUE, seed=601)
+    alone = [
+        ask(api, double, [item], "mcq", "sets")[0]["prediction_set"] for item in (first, second)
+    ]
+    double.reply = JSONReply(chat_choices([first.steps(), second.steps()], model="mcq"))
+    response = api.post("/v1/chat/completions", json={**body_for("mcq", "sets"), "n": 2})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    sets = [choice["calibration"]["prediction_set"] for choice in body["choices"]]
+    assert sets == alone
+    assert body["calibration"]["prediction_set"] == alone[0]
