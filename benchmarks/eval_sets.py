@@ -97,7 +97,12 @@ def mcq_items(seeds: Sequence[int], n: int) -> list[DemoItem]:
 
 
 async def ask(
-    client: httpx.AsyncClient, model: str, item: DemoItem, coverage: float | None, scoring: str
+    client: httpx.AsyncClient,
+    model: str,
+    item: DemoItem,
+    coverage: float | None,
+    scoring: str,
+    constrain: bool = True,
 ) -> dict[str, Any]:
     calibration: dict[str, Any] = {
         "task": TASK,
@@ -115,7 +120,7 @@ async def ask(
         "max_tokens": 12,
         "temperature": 0,
         "stop": ["\n"],
-        **item.extra_body,
+        **(item.extra_body if constrain else {}),
         "calibration": calibration,
     }
     response = await client.post("/v1/completions", json=body)
@@ -134,7 +139,7 @@ async def ask_all(
 
     async def one(item: DemoItem, coverage: float | None) -> dict[str, Any]:
         async with gate:
-            return await ask(client, model, item, coverage, args.scoring)
+            return await ask(client, model, item, coverage, args.scoring, args.constrain)
 
     return list(await asyncio.gather(*(one(item, coverage) for item, coverage in jobs)))
 
@@ -233,7 +238,8 @@ def report(
         )
     lines += [
         "",
-        f"scoring {args.scoring}; the gateway was asked at {ASKED}: its sets equal the "
+        f"scoring {args.scoring}, structured outputs {'on' if args.constrain else 'off'}; "
+        f"the gateway was asked at {ASKED}: its sets equal the "
         f"table's on {same}/{len(scored)}; wall time {seconds:.0f} s "
         f"(concurrency {args.concurrency})",
     ]
@@ -250,6 +256,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--train-fraction", type=float, default=0.5)
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument(
+        "--no-constrain",
+        dest="constrain",
+        action="store_false",
+        help="no structured outputs: the answer is free, an answer naming no option has no set",
+    )
     parser.add_argument("--data-dir", type=Path, default=None, help="keep the gateway's store")
     args = parser.parse_args(argv)
     print(asyncio.run(run(args)))
