@@ -4,6 +4,7 @@ No I/O anywhere in this package: the service and the clients feed it plain Pytho
 values and store what ``to_dict()`` returns.
 """
 
+from .conformal import ConformalTable, conformal_scores, fit_conformal, prediction_set
 from .drift import ks_statistic, population_stability_index
 from .isotonic import IsotonicCalibrator
 from .logistic import CONFIDENCE_LOGIT, FeatureLogistic, confidence_logit
@@ -71,6 +72,7 @@ __all__ = [
     "AbstainReason",
     "Calibrated",
     "Candidate",
+    "ConformalTable",
     "Evaluation",
     "FeatureLogistic",
     "IsotonicCalibrator",
@@ -95,7 +97,9 @@ __all__ = [
     "better",
     "brier_score",
     "confidence_logit",
+    "conformal_scores",
     "expected_calibration_error",
+    "fit_conformal",
     "fit_shift_reference",
     "grid_search_temperature",
     "image_embedding",
@@ -105,6 +109,7 @@ __all__ = [
     "normalize_prompt",
     "normalize_token",
     "population_stability_index",
+    "prediction_set",
     "rank_key",
     "reliability_bins",
     "risk_coverage_curve",

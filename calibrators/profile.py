@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from .conformal import ConformalTable
 from .isotonic import IsotonicCalibrator
 from .logistic import CONFIDENCE_LOGIT, FeatureLogistic
 from .platt import PlattScaler
@@ -61,6 +62,9 @@ class Profile:
     fitted_at: str | None = None
     n_labels: int = 0
     notes: str | None = None
+    #: Options mode: the split-conformal score table (`ConformalTable.to_dict()`), fitted at
+    #: refit time on the held-out part; None until a refit fitted it (no prediction sets).
+    conformal: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -78,6 +82,8 @@ class Profile:
     def __setattr__(self, name: str, value: Any) -> None:
         if name in ("method", "calibrator"):
             self.__dict__.pop("fitted_calibrator", None)
+        if name == "conformal":
+            self.__dict__.pop("conformal_table", None)
         super().__setattr__(name, value)
 
     @classmethod
@@ -91,6 +97,11 @@ class Profile:
         if self.method == "none" or self.calibrator is None:
             return None
         return _CALIBRATOR_TYPES[self.method].from_dict(self.calibrator)
+
+    @cached_property
+    def conformal_table(self) -> ConformalTable | None:
+        """The conformal table rebuilt from ``conformal`` (None before a refit fitted it)."""
+        return None if self.conformal is None else ConformalTable.from_dict(self.conformal)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serializable dict (a deep copy)."""

@@ -14,7 +14,9 @@ comes back. The procedure (docs/architecture.md, "Refit loop"):
 3. choose the abstain threshold on the held-out part with :func:`select_threshold` — the
    calibrator is fixed before these items are seen, which is what Learn-Then-Test needs (the only
    reuse is the pick among at most three calibrators by held-out NLL; see docs/refit.md);
-4. champion/challenger: the challenger is activated only with at least ``min_labels`` labels and a
+4. options mode: fit the split-conformal score table of the prediction sets on the held-out part
+   with the challenger's option probabilities (:mod:`calibrators.conformal`, LAC);
+5. champion/challenger: the challenger is activated only with at least ``min_labels`` labels and a
    held-out NLL not worse than the active profile's on the same held-out items.
 """
 
@@ -29,6 +31,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .conformal import conformal_scores, fit_conformal
 from .isotonic import IsotonicCalibrator
 from .logistic import CONFIDENCE_LOGIT, FeatureLogistic, confidence_logit
 from .metrics import (
@@ -223,6 +226,28 @@ def _finite(metrics: dict[str, Any]) -> dict[str, Any]:
     return clean
 
 
+def _conformal(challenger: Any, data: LabeledSet) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """Options mode: the conformal table of the held-out items under the challenger's option
+    probabilities, and what went into it (for the refit's metrics)."""
+    if (
+        data.mode != "options"
+        or data.option_logprobs is None
+        or not isinstance(challenger, TemperatureScaler)
+    ):
+        return None, {}
+    probs = challenger.predict_proba(data.option_logprobs)
+    scores = conformal_scores(probs, data.labels, data.chosen, data.correct)
+    table = fit_conformal(scores)
+    unknown = int(np.count_nonzero(np.asarray(data.labels) < 0))
+    info = {
+        "method": table.method,
+        "n": table.n,
+        "n_label_unknown": unknown,
+        "quantile_90": table.quantile(0.9),
+    }
+    return table.to_dict(), info
+
+
 def _active_calibrator(active: Profile, mode: str) -> Any:
     """The active profile's calibrator if it applies to this mode, else identity (None)."""
     fitted = active.fitted_calibrator
@@ -268,6 +293,7 @@ def refit_profile(
         method=policy.threshold_method,
         target_coverage=policy.target_coverage,
     )
+    conformal, conformal_info = _conformal(challenger, test_part)
     metrics = _finite(
         {
             "raw": _quality(raw_conf, test_part.correct),
@@ -280,6 +306,7 @@ def refit_profile(
             "selective_risk": choice.risk,
             "n_fit": len(fit_part),
             "n_heldout": len(test_part),
+            **({"conformal": conformal_info} if conformal_info else {}),
             "reference_confidences": np.quantile(
                 _top_label_conf(challenger, data), np.linspace(0, 1, _REFERENCE_QUANTILES)
             ).tolist(),
@@ -297,6 +324,7 @@ def refit_profile(
         fitted_at=(now or datetime.now(UTC)).isoformat(),
         n_labels=n,
         notes=None,
+        conformal=conformal,
     )
     if scored[best] <= champion_nll + 1e-12:
         reason = (

@@ -35,6 +35,7 @@ from service.auth import check_open_mode
 from service.body_limit import BodyLimitMiddleware
 from service.calibration_health import CalibrationCollector, make_calibration_source
 from service.errors import document_errors, install_error_handlers
+from service.guarantee_monitor import GuaranteeCollector, make_guarantee_source
 from service.known_models import KnownModels
 from service.memory_trim import ActivityCounter, IdleMemoryTrimmer
 from service.profiles import ProfileCache
@@ -119,6 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 prompt_opt_tasks=set(),
                 calibration_collector=collector,
                 shift=monitor,
+                guarantee_collector=GuaranteeCollector(make_guarantee_source(store)),
             )
             logger.info(
                 "gateway ready: upstream %s, store %s",

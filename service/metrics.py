@@ -525,12 +525,14 @@ def exported_series_names() -> frozenset[str]:
     Derived from the declared metrics and the collector's families, not from a hand-kept list.
     """
     from service.calibration_health import CalibrationCollector  # it imports this module
+    from service.guarantee_monitor import GuaranteeCollector
     from service.shift.collector import ShiftCollector
 
     families = [
         *REGISTRY.collect(),
         *CalibrationCollector(list).describe(),
         *ShiftCollector.describe(),
+        *GuaranteeCollector(list).describe(),
         *BUILD_INFO.collect(),
     ]
     names: set[str] = set()

@@ -22,6 +22,7 @@ from starlette.datastructures import State
 
 if TYPE_CHECKING:
     from service.calibration_health import CalibrationCollector
+    from service.guarantee_monitor import GuaranteeCollector
     from service.known_models import KnownModels
     from service.profiles import ProfileCache
     from service.proxy import Upstream
@@ -54,16 +55,19 @@ class Services:
     feedback_buckets: TokenBuckets | None  # None: feedback_rate_per_s is 0
     prompt_opt_tasks: set[asyncio.Task[Any]]  # running prompt-optimization jobs
     calibration_collector: CalibrationCollector  # calibration health on /metrics
+    guarantee_collector: GuaranteeCollector  # realized guarantees on /metrics
     shift: ShiftMonitor | None = None  # the input-shift gauge (None: shift_enabled is off)
 
     @property
     def metrics_cache_seconds(self) -> float:
-        """How long a scrape reuses the calibration state (settable at run time)."""
+        """How long a scrape reuses the calibration state (settable at run time; the guarantee
+        monitor's cache follows it)."""
         return self.calibration_collector.cache_seconds
 
     @metrics_cache_seconds.setter
     def metrics_cache_seconds(self, seconds: float) -> None:
         self.calibration_collector.cache_seconds = seconds
+        self.guarantee_collector.cache_seconds = seconds
 
 
 _SERVICE_NAMES = frozenset(f.name for f in fields(Services))

@@ -132,6 +132,13 @@ class ModelConfig(BaseModel):
         description="Options mode: read the option distribution off the generated tokens "
         "(path) or score every option's text after the prompt in one extra request (likelihood).",
     )
+    set_coverage: float = Field(
+        0.9,
+        gt=0,
+        lt=1,
+        description="Options mode: target coverage of `calibration.prediction_set` (split "
+        "conformal; a request's `calibration.set_coverage` overrides it).",
+    )
 
     visual_probe: VisualProbeConfig = Field(
         default_factory=VisualProbeConfig,

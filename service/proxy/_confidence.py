@@ -9,6 +9,11 @@ the result into the contract's field names, and takes the abstain decision:
 2. calibrated confidence below the threshold → `abstain_reason: "below_threshold"`;
 3. policy `off` never abstains (the numbers are still reported).
 
+Options mode, once a refit fitted the profile's conformal table: `prediction_set` (the options
+whose calibrated probability passes the split-conformal quantile for the plan's `set_coverage`,
+most probable first) and `set_coverage`; both are recorded in the prediction's features
+(`set_indices`, `set_coverage`) for the guarantee monitor (service/guarantee_monitor.py).
+
 When there is nothing to score (the engine returned no logprobs, the answer names no option, the
 answer is empty), `confidence` is null and `reason` says why; the answer is returned as it is.
 """
@@ -29,6 +34,7 @@ from calibrators import (
     Scoring,
     SequenceScore,
     apply_profile,
+    prediction_set,
     score_options,
     score_sequence,
 )
@@ -72,6 +78,8 @@ class Outcome:
     reason: str | None = None
     features: dict[str, Any] = field(default_factory=dict)
     scoring: Scoring | None = None  # options mode: "path" or "likelihood" (what produced the probs)
+    prediction_set: list[str] | None = None  # options mode, after a conformal fit
+    set_coverage: float | None = None  # the target coverage of `prediction_set`
     # Public fields of optional features (the visual probe's `visual_reliance`, `visual_probe`).
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -100,6 +108,9 @@ class Outcome:
             body["reason"] = self.reason
         if self.scoring is not None:
             body["scoring"] = self.scoring
+        if self.prediction_set is not None and not withheld:
+            body["prediction_set"] = self.prediction_set
+            body["set_coverage"] = self.set_coverage
         if withheld:
             body["withheld"] = True
         if self.extras:
@@ -209,6 +220,16 @@ def calibrate_choice(
         elif calibrated.below_threshold:
             abstained, reason = True, "below_threshold"
 
+    option_probs = _option_probs(plan.options, calibrated.option_probs)
+    features = _features(score, signals)
+    labels = None
+    table = profile.conformal_table
+    if table is not None and option_probs and isinstance(score, OptionScore):
+        labels = prediction_set(option_probs, table.quantile(plan.set_coverage))
+        index = {option: i for i, option in enumerate(score.options)}
+        features["set_indices"] = [index[label] for label in labels]
+        features["set_coverage"] = plan.set_coverage
+
     return Outcome(
         mode=plan.mode,
         task=plan.task,
@@ -220,10 +241,12 @@ def calibrate_choice(
         abstained=abstained,
         abstain_reason=reason,
         answer=answer,
-        option_probs=_option_probs(plan.options, calibrated.option_probs),
+        option_probs=option_probs,
         profile_version=profile.version,
-        features=_features(score, signals),
+        features=features,
         scoring=score.scoring if isinstance(score, OptionScore) else None,
+        prediction_set=labels,
+        set_coverage=plan.set_coverage if labels is not None else None,
     )
 
 

@@ -39,6 +39,7 @@ _KEYS = {
     "idk_text",
     "scoring",
     "visual_probe",
+    "set_coverage",
 }
 _PERTURBATIONS: tuple[Perturbation, ...] = ("blank", "noise", "blur")
 
@@ -58,6 +59,7 @@ class CalibrationRequest:
     scoring: Scoring | None = None
     # True/False: probe or not (overrides the model's `visual_probe`); a name: probe with it.
     visual_probe: bool | Perturbation | None = None
+    set_coverage: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,7 @@ class CalibrationPlan:
         "path"  # options mode: "likelihood" scores each option after the prompt (_likelihood.py)
     )
     visual_probe: Perturbation | None = None  # probe this answer with this perturbation
+    set_coverage: float = 0.9  # options mode: target coverage of the prediction set
 
 
 def _bad(message: str, param: str) -> APIError:
@@ -159,6 +162,18 @@ def parse_calibration(raw: Any) -> CalibrationRequest:
             "`visual_probe` must be true, false, or a perturbation: 'blank', 'noise' or 'blur'.",
             "visual_probe",
         )
+    set_coverage = raw.get("set_coverage")
+    if set_coverage is not None:
+        if (
+            isinstance(set_coverage, bool)
+            or not isinstance(set_coverage, int | float)
+            or not 0.0 < float(set_coverage) < 1.0
+        ):
+            raise _bad(
+                "`set_coverage` must be a number strictly between 0 and 1 (e.g. 0.9).",
+                "set_coverage",
+            )
+        set_coverage = float(set_coverage)
 
     return CalibrationRequest(
         options=options,
@@ -171,6 +186,7 @@ def parse_calibration(raw: Any) -> CalibrationRequest:
         idk_text=idk_text.strip() if idk_text else None,
         scoring=scoring,
         visual_probe=probe,
+        set_coverage=set_coverage,
     )
 
 
@@ -245,4 +261,7 @@ def resolve_plan(
         idk_text=idk_text,
         scoring=request.scoring or config.scoring,
         visual_probe=_visual_probe(request, config),
+        set_coverage=(
+            request.set_coverage if request.set_coverage is not None else config.set_coverage
+        ),
     )

@@ -146,6 +146,12 @@ def _version_body(version: ProfileVersion) -> dict[str, Any]:
         "fitted_at": profile.fitted_at,
         "notes": profile.notes,
         "metrics": _public_metrics(version.metrics),
+        # Prediction sets: the table's size and method, not its scores (up to 1,000 numbers).
+        "conformal": (
+            None
+            if profile.conformal_table is None
+            else {"method": profile.conformal_table.method, "n": profile.conformal_table.n}
+        ),
     }
 
 
@@ -357,7 +363,8 @@ def _apply_update(base: Any, update: ProfileUpdate, given: set[str]) -> tuple[An
     metrics = dict(base.metrics or {})
     if calibration_changed:
         metrics = {}  # held-out numbers of another calibration would be misleading
-        changes.update(fitted_at=None, n_labels=0)
+        # The conformal table holds scores under the old calibration: no prediction sets.
+        changes.update(fitted_at=None, n_labels=0, conformal=None)
     elif "threshold" in given:
         for key in ("coverage", "selective_risk"):
             metrics.pop(key, None)

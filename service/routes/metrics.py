@@ -5,6 +5,7 @@ Reads from `request.app.state`, all optional:
 * the calibration-health collector (`service.calibration_health.collector_for`: the one in
   `Services`, or on an app without them a ready ``calibration_collector``, or one built once
   from ``calibration_source`` and ``refit_source``);
+* the guarantee monitor's collector (`service.guarantee_monitor.guarantee_collector_for`);
 * ``prediction_writer`` — the `PredictionWriter`, whose drop/failure counters are synced at scrape;
 * ``shift`` — the `ShiftMonitor`, whose input-shift gauges are computed at scrape.
 
@@ -20,6 +21,7 @@ from fastapi import APIRouter, Request, Response
 
 from service.calibration_health import collector_for
 from service.errors import APIError
+from service.guarantee_monitor import guarantee_collector_for
 from service.metrics import render_metrics, sync_prediction_writer
 from service.shift import ShiftCollector
 
@@ -54,8 +56,8 @@ def metrics(request: Request) -> Response:
     writer = getattr(state, "prediction_writer", None)
     if writer is not None:
         sync_prediction_writer(writer)
-    collector = collector_for(request.app)
-    collectors: list[object] = [collector] if collector is not None else []
+    found = (collector_for(request.app), guarantee_collector_for(request.app))
+    collectors: list[object] = [collector for collector in found if collector is not None]
     monitor = getattr(state, "shift", None)
     if monitor is not None:
         collectors.append(ShiftCollector(monitor))

@@ -9,6 +9,7 @@ A thin facade: `Store` is the union of one repository per aggregate, all sharing
 * the profile audit log and refit tallies — `service.store.events.EventRepository`
 * API keys — `service.store.keys.KeyRepository`
 * cross-replica job leases — `service.store.leases.LeaseRepository`
+* the labels behind the guarantee monitor — `service.store.guarantees.GuaranteeRepository`
 * prompt-optimization jobs — `store.prompt_jobs` (`service.store.prompt_opt_jobs`), used only by
   `service.prompt_opt.job`
 
@@ -26,6 +27,7 @@ from sqlalchemy.engine import Engine
 from service.store.database import Database
 from service.store.engine import create_store_engine, migrate
 from service.store.events import REFIT_DURATION_BUCKETS, EventRepository
+from service.store.guarantees import GuaranteeRepository
 from service.store.keys import DEFAULT_TENANT, KEY_PREFIX, ROLES, KeyRepository, hash_key
 from service.store.leases import LeaseRepository
 from service.store.predictions import PredictionRepository
@@ -43,7 +45,12 @@ __all__ = [
 
 
 class Store(
-    PredictionRepository, ProfileRepository, EventRepository, KeyRepository, LeaseRepository
+    PredictionRepository,
+    ProfileRepository,
+    EventRepository,
+    KeyRepository,
+    LeaseRepository,
+    GuaranteeRepository,
 ):
     """Predictions, feedback, profile versions, events, API keys, leases and prompt-optimization
     jobs in one SQL database."""

@@ -16,6 +16,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from calibrators import Profile
 from service import metrics
 from service.calibration_health import CalibrationCollector, CalibrationState
+from service.guarantee_monitor import (
+    GuaranteeCollector,
+    selective_risk_state,
+    set_coverage_state,
+)
 from service.metrics import REGISTRY, exported_series_names, render_metrics
 from service.routes.metrics import router
 from service.shift import RequestInputs, ShiftCollector, ShiftMonitor
@@ -57,6 +62,13 @@ CONTRACT = {
     "calib_last_refit_success_timestamp_seconds",
     "calib_refit_failures_total",
     "calib_refits_total",
+    "calib_realized_selective_risk",
+    "calib_realized_coverage",
+    "calib_realized_set_coverage",
+    "calib_realized_guarantee_labels",
+    "calib_guarantee_target",
+    "calib_guarantee_p_value",
+    "calib_guarantee_broken",
     "calib_last_refit_failure_timestamp_seconds",
     "calib_build_info",
     "calib_input_shift_score",
@@ -151,9 +163,18 @@ def _series_names(text: str) -> set[str]:
     }
 
 
+def _guarantee_collector() -> GuaranteeCollector:
+    """Every guarantee gauge with a sample: a certified threshold and recorded sets."""
+    risk = selective_risk_state(
+        "expo", "vqa", [0.9, 0.8, 0.2], [True, False, True], 0.5, 0.1, certified=True
+    )
+    sets = set_coverage_state("expo", "vqa", [({"set_indices": [0], "set_coverage": 0.9}, True, 0)])
+    return GuaranteeCollector(lambda: [risk, sets] if sets is not None else [risk])
+
+
 def test_every_contract_metric_is_exported(tmp_path) -> None:  # type: ignore[no-untyped-def]
     _observe_everything()
-    body, _ = render_metrics(_full_collector(), _shift_collector(tmp_path))
+    body, _ = render_metrics(_full_collector(), _guarantee_collector(), _shift_collector(tmp_path))
     names = _series_names(body.decode())
     assert names >= CONTRACT, sorted(CONTRACT - names)
     # What is exported is exactly what `exported_series_names` (used by the deploy checks) says.
@@ -165,7 +186,7 @@ def test_exposition_passes_promtool_check_metrics() -> None:
     if promtool is None:
         pytest.skip("promtool not installed (Debian package `prometheus`)")
     _observe_everything()
-    body, content_type = render_metrics(_full_collector())
+    body, content_type = render_metrics(_full_collector(), _guarantee_collector())
     assert content_type.startswith("text/plain; version=0.0.4")
     result = subprocess.run(
         [promtool, "check", "metrics"], input=body, capture_output=True, timeout=60

@@ -16,6 +16,7 @@ CONTRACT = {
     "FeatureLogistic", "CONFIDENCE_LOGIT", "confidence_logit",
     "text_embedding", "image_embedding", "fit_shift_reference", "shift_test", "ShiftReference",
     "ShiftResult", "TEXT_EMBEDDING_DIM", "IMAGE_EMBEDDING_DIM",
+    "ConformalTable", "conformal_scores", "fit_conformal", "prediction_set",
 }  # fmt: skip
 
 

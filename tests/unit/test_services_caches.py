@@ -7,6 +7,7 @@ import dataclasses
 from fastapi import FastAPI
 
 from service.calibration_health import CalibrationCollector
+from service.guarantee_monitor import GuaranteeCollector
 from service.services import AppState, Services, per_app
 
 
@@ -15,6 +16,7 @@ def _app_with_services(collector: CalibrationCollector) -> FastAPI:
     app.state = AppState()
     values: dict[str, object] = {f.name: object() for f in dataclasses.fields(Services)}
     values["calibration_collector"] = collector
+    values["guarantee_collector"] = GuaranteeCollector(list)
     values["prompt_opt_tasks"] = set()
     app.state.services = Services(**values)  # type: ignore[arg-type]
     return app
@@ -36,6 +38,7 @@ def test_setting_metrics_cache_seconds_on_the_state_reaches_the_running_collecto
     app = _app_with_services(collector)
     app.state.metrics_cache_seconds = 0.0
     assert collector.cache_seconds == 0.0
+    assert app.state.services.guarantee_collector.cache_seconds == 0.0
     assert app.state.metrics_cache_seconds == 0.0
     assert app.state.services.metrics_cache_seconds == 0.0
 
