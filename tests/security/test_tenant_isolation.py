@@ -29,6 +29,7 @@ CLIENT_ROUTES = {
     ("GET", "/v1/calibration/models/{model}"),
     ("GET", "/v1/calibration/models/{model}/reliability"),
     ("GET", "/v1/calibration/models/{model}/reliability.svg"),
+    ("GET", "/v1/calibration/models/{model}/shift"),
 }
 # Unauthenticated by design: probes and the scrape endpoint (which has its own `metrics_key`).
 PUBLIC_ROUTES = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")}
