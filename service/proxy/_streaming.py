@@ -22,7 +22,6 @@ one OpenAI-shaped error event (`data: {"error": {...}}`, which the OpenAI SDK ra
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -32,7 +31,7 @@ from typing import Any
 
 from calibrators import Profile
 from service.errors import APIError
-from service.proxy._body import LogprobWish, dumps
+from service.proxy._body import LogprobWish, dumps, loads
 from service.proxy._confidence import (
     Outcome,
     calibrate_choice,
@@ -170,7 +169,7 @@ async def relay(
             if payload == "[DONE]":
                 break
             try:
-                chunk = json.loads(payload)
+                chunk = loads(payload)
             except ValueError:
                 yield line.encode() + b"\n\n"
                 continue
