@@ -21,7 +21,8 @@ CPUs) the target runs on CPU 1, upstream and load on CPU 0, as in bench_overhead
 
 `--scale-out` measures `calib serve --workers 2` against `--workers 1` instead (unpinned: the
 workers get both CPUs, which the upstream and the load share with them), at `--concurrency`
-(default 64): throughput ratio and CPU per request.
+(default 64), alternating `--repeat` times (default 3; medians): throughput ratio and CPU per
+request (the whole process tree: uvicorn's supervisor and the workers).
 
     python -m benchmarks.bench_peers                      # c = 1 and 16, non-streamed
     python -m benchmarks.bench_peers --modes plain stream --markdown
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -291,22 +293,41 @@ def run_peers(bench: Bench, runner: asyncio.Runner) -> list[Row]:
 
 
 def run_scale_out(bench: Bench, runner: asyncio.Runner) -> list[Row]:
+    """--workers 1 and 2 alternating `--repeat` times per concurrency; medians per setting."""
     args = bench.args
     rows: list[Row] = []
     gateway_body, _ = bodies(bench.model, args.max_tokens, False)
     for c in args.concurrency:
-        for workers in (1, 2):
-            print(f"concurrency {c}: calib serve --workers {workers} ...", flush=True)
-            proc, url = bench.calib(workers)
-            try:
-                row = bench.measure(
-                    runner, f"calib serve --workers {workers}", url, gateway_body, "plain", c,
-                    proc.pid, check=b'"calibration"',
-                )  # fmt: skip
-            finally:
-                proc.terminate()
-                proc.wait(timeout=30)
-            rows.append(row)
+        runs: dict[int, list[Row]] = {1: [], 2: []}
+        for _ in range(args.repeat):
+            for workers in (1, 2):
+                print(f"concurrency {c}: calib serve --workers {workers} ...", flush=True)
+                proc, url = bench.calib(workers)
+                try:
+                    runs[workers].append(
+                        bench.measure(
+                            runner, f"calib serve --workers {workers}", url, gateway_body,
+                            "plain", c, proc.pid, check=b'"calibration"',
+                        )
+                    )  # fmt: skip
+                finally:
+                    proc.terminate()
+                    proc.wait(timeout=30)
+        for measured in runs.values():
+            first = measured[0]
+            rows.append(
+                Row(
+                    target=first.target,
+                    mode=first.mode,
+                    concurrency=c,
+                    requests=first.requests,
+                    p50=statistics.median(r.p50 for r in measured),
+                    p99=statistics.median(r.p99 for r in measured),
+                    rps=statistics.median(r.rps for r in measured),
+                    cpu_ms=statistics.median(r.cpu_ms for r in measured),
+                    errors=sum(r.errors for r in measured),
+                )
+            )
     return rows
 
 
@@ -362,6 +383,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument(
         "--scale-out", action="store_true", help="calib serve --workers 2 vs 1 (default c = 64)"
     )
+    parser.add_argument("--repeat", type=int, default=3, help="--scale-out: runs per setting")
     parser.add_argument("--markdown", action="store_true", help="also print a markdown table")
     args = parser.parse_args(argv)
     if args.concurrency is None:
