@@ -203,6 +203,9 @@ async def relay(
                         trim(choice, ctx.wish)
                         if choice.get("finish_reason") is not None:
                             if ctx.likelihoods is not None and ctx.option_lps is None:
+                                if out:  # what arrived before is not held up by the scoring
+                                    yield b"".join(out)
+                                    out.clear()
                                 ctx.option_lps = await option_likelihoods_result(ctx.likelihoods)
                             outcome = ctx.calibrate(index, acc)
                             choice["calibration"] = outcome.public(choice_id(meta["id"], index))
