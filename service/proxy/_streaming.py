@@ -1,6 +1,7 @@
 """Server-sent events through the gateway (`stream: true`).
 
-Every upstream event is forwarded as soon as it arrives — nothing waits for the whole answer —
+Every upstream event is forwarded as soon as it arrives — nothing waits for the whole answer;
+events that arrived together (one read from the upstream) go out in one write —
 while each choice's logprobs and text accumulate on the side (by `index`: `n > 1` and lists of
 prompts stream their choices interleaved). The chunk that finishes a choice (`finish_reason`
 set) carries that choice's `calibration` in the choice object. The response's `calibration`
@@ -22,7 +23,6 @@ one OpenAI-shaped error event (`data: {"error": {...}}`, which the OpenAI SDK ra
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -32,7 +32,7 @@ from typing import Any
 
 from calibrators import Profile
 from service.errors import APIError
-from service.proxy._body import LogprobWish, dumps
+from service.proxy._body import LogprobWish, dumps, loads
 from service.proxy._confidence import (
     Outcome,
     calibrate_choice,
@@ -165,58 +165,71 @@ async def relay(
     trim = ctx.serving.trim_choice
     meta: dict[str, Any] | None = None
     usage_chunk: dict[str, Any] | None = None  # held back to carry the calibration
-    lines = response.aiter_lines()
+    batches = response.aiter_line_batches()
     clock = time.perf_counter
+    out: list[bytes] = []  # the events of one batch, written together
     try:
-        while True:
+        done = False
+        while not done:
+            if out:
+                yield b"".join(out)
+                out.clear()
             t0 = clock()
             try:
-                line = await anext(lines)
+                batch = await anext(batches)
             except StopAsyncIteration:
                 break
             finally:
                 upstream_s += clock() - t0
-            if not line.startswith("data:"):
-                # Blank separators are re-created below; SSE comments/keep-alives pass through.
-                if line.startswith(":"):
-                    yield line.encode() + b"\n\n"
-                continue
-            payload = line[5:].strip()
-            if payload == "[DONE]":
-                break
-            try:
-                chunk = json.loads(payload)
-            except ValueError:
-                yield line.encode() + b"\n\n"
-                continue
-            if not isinstance(chunk, dict) or "error" in chunk:
-                yield line.encode() + b"\n\n"
-                continue
-            if meta is None:
-                meta = {
-                    "id": chunk.get("id") or f"calib-{uuid.uuid4().hex}",
-                    "object": chunk.get("object") or ctx.serving.chunk_object,
-                    "created": chunk.get("created") or int(time.time()),
-                    "model": ctx.model,
-                }
-            if ctx.rename:
-                chunk["model"] = ctx.model
-            if _is_usage_chunk(chunk):
-                usage_chunk = chunk  # the last before [DONE]: the calibration rides on it
-                continue
-            for position, choice in enumerate(chunk.get("choices") or ()):
-                if isinstance(choice, dict):
-                    index = choice_index(choice, position)
-                    acc = ctx.absorb(index, choice)
-                    trim(choice, ctx.wish)
-                    if choice.get("finish_reason") is not None:
-                        if ctx.likelihoods is not None and ctx.option_lps is None:
-                            ctx.option_lps = await option_likelihoods_result(ctx.likelihoods)
-                        if ctx.probe is not None:
-                            await ctx.probe.settle(index, "".join(acc.text))
-                        outcome = ctx.calibrate(index, acc)
-                        choice["calibration"] = outcome.public(choice_id(meta["id"], index))
-            yield b"data: " + dumps(chunk) + b"\n\n"
+            for line in batch:
+                if not line.startswith("data:"):
+                    # Blank separators are re-created below; SSE comments/keep-alives pass through.
+                    if line.startswith(":"):
+                        out.append(line.encode() + b"\n\n")
+                    continue
+                payload = line[5:].strip()
+                if payload == "[DONE]":
+                    done = True
+                    break
+                try:
+                    chunk = loads(payload)
+                except ValueError:
+                    out.append(line.encode() + b"\n\n")
+                    continue
+                if not isinstance(chunk, dict) or "error" in chunk:
+                    out.append(line.encode() + b"\n\n")
+                    continue
+                if meta is None:
+                    meta = {
+                        "id": chunk.get("id") or f"calib-{uuid.uuid4().hex}",
+                        "object": chunk.get("object") or ctx.serving.chunk_object,
+                        "created": chunk.get("created") or int(time.time()),
+                        "model": ctx.model,
+                    }
+                if ctx.rename:
+                    chunk["model"] = ctx.model
+                if _is_usage_chunk(chunk):
+                    usage_chunk = chunk  # the last before [DONE]: the calibration rides on it
+                    continue
+                for position, choice in enumerate(chunk.get("choices") or ()):
+                    if isinstance(choice, dict):
+                        index = choice_index(choice, position)
+                        acc = ctx.absorb(index, choice)
+                        trim(choice, ctx.wish)
+                        if choice.get("finish_reason") is not None:
+                            if ctx.likelihoods is not None and ctx.option_lps is None:
+                                if out:  # what arrived before is not held up by the scoring
+                                    yield b"".join(out)
+                                    out.clear()
+                                ctx.option_lps = await option_likelihoods_result(ctx.likelihoods)
+                            if ctx.probe is not None:
+                                if out:  # nor by the visual probe
+                                    yield b"".join(out)
+                                    out.clear()
+                                await ctx.probe.settle(index, "".join(acc.text))
+                            outcome = ctx.calibrate(index, acc)
+                            choice["calibration"] = outcome.public(choice_id(meta["id"], index))
+                out.append(b"data: " + dumps(chunk) + b"\n\n")
     except UpstreamTransportError as exc:
         if ctx.likelihoods is not None:
             ctx.likelihoods.cancel()
@@ -227,7 +240,8 @@ async def relay(
         logger.warning("upstream stream broke: %s", error.message)
         ctx.on_done(None, upstream_s, error)
         yield (
-            b"data: "
+            b"".join(out)
+            + b"data: "
             + dumps(
                 {
                     "error": {
@@ -258,4 +272,5 @@ async def relay(
     ctx.on_done(outcomes, upstream_s, None)
     final = usage_chunk if usage_chunk is not None else {**meta, "choices": []}
     final["calibration"] = outcomes[0][1].public(outcomes[0][0])
-    yield b"data: " + dumps(final) + b"\n\n" + _DONE
+    out.append(b"data: " + dumps(final) + b"\n\n" + _DONE)
+    yield b"".join(out)

@@ -22,6 +22,7 @@ from typing import Any
 from starlette.responses import JSONResponse
 
 from service.errors import APIError, error_type_for
+from service.proxy._body import loads
 from service.proxy._upstream_http import UpstreamHTTP, UpstreamResponse, UpstreamTransportError
 from service.settings import ModelConfig, Settings
 
@@ -200,7 +201,7 @@ def _parse_reply(status: int, raw: bytes) -> UpstreamReply:
     if status >= 400:
         raise _status_error(status, raw)
     try:
-        body = json.loads(raw)
+        body = loads(raw)
     except ValueError:
         raise APIError(
             502, "The upstream engine returned a body that is not JSON.", code="upstream_bad_body"

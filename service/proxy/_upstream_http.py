@@ -255,17 +255,20 @@ class UpstreamResponse:
         """The next piece of the body, or None at its end."""
         while True:
             if self._chunks:
-                chunk = self._chunks.popleft()
-                self._buffered -= len(chunk)
-                if self._paused and self._buffered <= _HIGH_WATER // 2:
-                    self._paused = False
-                    self._conn.resume()
-                return chunk
+                return self._pop_chunk()
             if self._error is not None:
                 raise self._error
             if self._complete:
                 return None
             await self._wait()
+
+    def _pop_chunk(self) -> bytes:
+        chunk = self._chunks.popleft()
+        self._buffered -= len(chunk)
+        if self._paused and self._buffered <= _HIGH_WATER // 2:
+            self._paused = False
+            self._conn.resume()
+        return chunk
 
     async def read(self) -> bytes:
         """The whole body; the connection goes back to the pool."""
@@ -290,6 +293,26 @@ class UpstreamResponse:
                 yield line.rstrip(b"\r").decode("utf-8", "replace")
         if pending:
             yield pending.rstrip(b"\r").decode("utf-8", "replace")
+
+    async def aiter_line_batches(self) -> AsyncIterator[list[str]]:
+        """Like `aiter_lines`, but as lists: every complete line received so far (at least one
+        per list, except at the end). Events that arrive together are then relayed with one
+        write instead of one per event; nothing waits for more to arrive."""
+        pending = b""
+        while (chunk := await self._next_chunk()) is not None:
+            if self._chunks:  # more already received: take it all now
+                rest = [chunk]
+                while self._chunks:
+                    rest.append(self._pop_chunk())
+                chunk = b"".join(rest)
+            if b"\n" not in chunk:
+                pending += chunk
+                continue
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+            yield [line.rstrip(b"\r").decode("utf-8", "replace") for line in lines]
+        if pending:
+            yield [pending.rstrip(b"\r").decode("utf-8", "replace")]
 
     async def aclose(self) -> None:
         self.aclose_nowait()

@@ -432,3 +432,52 @@ async def test_idle_connections_are_closed_after_expiry_without_further_traffic(
         # Closed by the client's reaper; this server would keep it open forever.
         assert await _eventually(lambda: state.ended == 1)
         await http.aclose()
+
+
+async def test_line_batches_hold_what_arrived_together_and_never_wait_for_more() -> None:
+    """Events written in one go come as one batch (the relay writes them with one send); the
+    next batch is not awaited before the first is handed over (the server sends the rest only
+    once the client has the first batch: waiting for more would hang this test)."""
+    first_seen = asyncio.Event()
+
+    def chunk(data: bytes) -> bytes:
+        return b"%x\r\n%s\r\n" % (len(data), data)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+            + chunk(b"data: 1\n\n")
+            + chunk(b"data: 2\r\n\r\n")
+            + chunk(b"data: 3\n\ndata: pa")
+        )
+        await writer.drain()
+        await first_seen.wait()
+        writer.write(chunk(b"rt\n\n") + chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    http = client()
+    try:
+        response = await http.request(
+            "POST", f"http://127.0.0.1:{port}/v1/chat/completions", body=b"{}"
+        )
+        batches = []
+        async for batch in response.aiter_line_batches():
+            batches.append(batch)
+            first_seen.set()
+        await response.aclose()
+    finally:
+        await http.aclose()
+        server.close()
+    assert batches[0] == ["data: 1", "", "data: 2", "", "data: 3", ""]
+    assert [line for batch in batches[1:] for line in batch] == [
+        "data: part",
+        "",
+        "data: [DONE]",
+        "",
+    ]
