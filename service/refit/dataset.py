@@ -36,6 +36,7 @@ import numpy as np
 
 from calibrators import MODES
 from calibrators.refit import LabeledSet
+from service.memory_trim import malloc_trim
 from service.store import LabeledBatch, LabeledRow
 from service.store.features import ANSWER_INDEX_KEY, LOGPROBS_KEY
 
@@ -68,8 +69,12 @@ class DatasetInfo:
         }
 
 
-def _pick(values: list[Any], rows: list[int] | None) -> list[Any]:
+def _pick(values: Sequence[Any], rows: list[int] | None) -> Sequence[Any]:
     return values if rows is None else [values[i] for i in rows]
+
+
+def _kept(values: Sequence[Any], keep: np.ndarray) -> Sequence[Any]:
+    return values if len(keep) == len(values) else [values[k] for k in keep]
 
 
 class _Options:
@@ -90,7 +95,12 @@ class _Options:
         chosen = np.full(n, -1, dtype=np.int64)
         by_size: dict[int, list[int]] = {}
         slow: dict[int, list[float]] = {}
-        for k, (blob, answer) in enumerate(zip(blobs, answers, strict=True)):
+        sizes = set(map(len, blobs)) if None not in blobs and None not in answers else set()
+        if len(sizes) == 1:  # the usual batch: every row in the columns, one option count
+            by_size[sizes.pop()] = list(range(n))
+            chosen[:] = answers
+            answers = ()  # nothing left for the row loop
+        for k, (blob, answer) in enumerate(zip(blobs, answers, strict=False)):
             if blob is not None and answer is not None:
                 by_size.setdefault(len(blob), []).append(k)
                 chosen[k] = answer
@@ -135,8 +145,7 @@ class _Options:
         known = (truth >= 0) & (truth < widths)
         known &= np.isfinite(matrix[at, np.where(known, truth, 0)])
         keep = np.flatnonzero(usable)
-        ids = _pick(batch.ids, rows)
-        self.ids.extend([ids[k] for k in keep])
+        self.ids.extend(_kept(_pick(batch.ids, rows), keep))
         self.chunks.append(matrix[keep, : int(widths[keep].max())])
         self.labels.append(np.where(known, truth, -1)[keep])
         self.chosen.append(chosen[keep])
@@ -172,8 +181,7 @@ class _Sequence:
         usable = np.isfinite(raw)
         self.unusable += int(raw.size - np.count_nonzero(usable))
         keep = np.flatnonzero(usable)
-        ids = _pick(batch.ids, rows)
-        self.ids.extend([ids[k] for k in keep])
+        self.ids.extend(_kept(_pick(batch.ids, rows), keep))
         self.raw.append(raw[keep])
         self.correct.append(np.asarray(_pick(batch.correct, rows), dtype=np.float64)[keep])
 
@@ -213,7 +221,7 @@ def build_labeled_set(
             newest = latest
         modes = batch.modes
         for name in MODES:
-            if all(m == name for m in modes):  # the usual case: one mode per batch
+            if modes.count(name) == len(modes):  # the usual case: one mode per batch
                 counts[name] += len(modes)
                 packers[name].add(batch, None)
                 break
@@ -230,12 +238,18 @@ def build_labeled_set(
         mode = forced
     packer = packers[mode]
     data = packer.build()
+    unusable = packer.unusable
+    del packers, packer
+    # The per-batch parts just copied into `data` were freed into glibc's heap, interleaved
+    # with what lives on; at 1M labels ~60 MB the fit could not reuse (its arrays are mmapped)
+    # but RSS kept counting. Hand those pages back before the fit.
+    malloc_trim()
     info = DatasetInfo(
         mode=mode,
         n_rows=total,
         n_used=len(data),
         n_other_mode=total - counts[mode],
-        n_unusable=packer.unusable,
+        n_unusable=unusable,
         labels_until=newest,
         by_mode=counts,
     )

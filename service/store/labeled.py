@@ -30,22 +30,22 @@ def _identity(value: Any) -> Any:
 
 @dataclass(frozen=True, eq=False)
 class LabeledBatch(Sequence[LabeledRow]):
-    """Labeled predictions in store order (newest labels first), one list per column.
+    """Labeled predictions in store order (newest labels first), one sequence per column.
 
     ``option_logprobs[i]`` is row i's packed float64 log-probs (None: not in the column, see
     `features`); ``answer_index[i]`` likewise; ``features_json[i]`` the JSON text of the other
     feature keys. Use `features(i)` for row i's whole `features` dict.
     """
 
-    ids: list[str]
-    modes: list[str]
-    raw_confidence: list[float | None]
-    correct: list[bool]
-    true_index: list[int | None]
-    option_logprobs: list[bytes | None]
-    answer_index: list[int | None]
-    features_json: list[str | dict[str, Any] | None]
-    labeled_at_raw: list[Any]
+    ids: Sequence[str]
+    modes: Sequence[str]
+    raw_confidence: Sequence[float | None]
+    correct: Sequence[bool | int]  # SQLite: 0/1
+    true_index: Sequence[int | None]
+    option_logprobs: Sequence[bytes | None]
+    answer_index: Sequence[int | None]
+    features_json: Sequence[str | dict[str, Any] | None]
+    labeled_at_raw: Sequence[Any]
     #: The driver's timestamp → aware UTC datetime (parsed only for the rows that need it).
     to_datetime: Callable[[Any], datetime] = field(default=_identity, repr=False)
 
