@@ -77,6 +77,17 @@ def _kept(values: Sequence[Any], keep: np.ndarray) -> Sequence[Any]:
     return values if len(keep) == len(values) else [values[k] for k in keep]
 
 
+def _from_features(features: dict[str, Any]) -> tuple[list[float], int] | None:
+    """(log-prob vector, answer index) of a row read from its `features` dict, None when the
+    answer has no position (the rules of the JSON-only store; a chosen option without a finite
+    log-prob is caught later, with the packed rows)."""
+    raw = features.get(LOGPROBS_KEY) or []
+    answer = features.get(ANSWER_INDEX_KEY)
+    if not raw or answer is None or not 0 <= int(answer) < len(raw):
+        return None
+    return [-math.inf if value is None else float(value) for value in raw], int(answer)
+
+
 class _Options:
     def __init__(self) -> None:
         self.ids: list[str] = []
@@ -106,19 +117,15 @@ class _Options:
                 chosen[k] = answer
                 continue
             # Not (all) in the columns: the row's `features`, read as the JSON always was.
-            features = batch.features(k if rows is None else rows[k])
-            raw = features.get(LOGPROBS_KEY) or []
-            answer = features.get(ANSWER_INDEX_KEY)
-            if not raw or answer is None or not 0 <= int(answer) < len(raw):
-                continue
-            slow[k] = [-math.inf if value is None else float(value) for value in raw]
-            widths[k] = len(slow[k])
-            chosen[k] = int(answer)
+            found = _from_features(batch.features(k if rows is None else rows[k]))
+            if found is not None:
+                slow[k], chosen[k] = found
+                widths[k] = len(slow[k])
         for size in by_size:
             if size % 8:
                 raise ValueError(f"option_logprobs column holds {size} bytes, not float64s")
-        sizes = [size // 8 for size in by_size] + [len(vector) for vector in slow.values()]
-        width = max(sizes, default=1) or 1
+        seen = [size // 8 for size in by_size] + [len(vector) for vector in slow.values()]
+        width = max(seen, default=1) or 1
         matrix = np.full((n, width), -np.inf)
         for size, ks in by_size.items():
             if size == 0:
