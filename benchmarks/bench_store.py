@@ -6,8 +6,9 @@
    loop, batches written in a worker thread, as in production): rows/s, the `submit` cost, and
    how the insert rate changes as the table grows (rate per successive slice of the inserts).
 2. **Refit.** For 10k / 100k / 1M labels (options mode; predictions + feedback bulk-loaded into
-   a SQLite file), one `run_refit` in a fresh subprocess: wall time and peak RSS above the
-   process's baseline (imports + open store), so every size starts from the same state.
+   a SQLite file, stored as the gateway stores them), one `run_refit` in a fresh subprocess:
+   wall and CPU time and peak RSS above the process's baseline (imports + open store), so every
+   size starts from the same state.
 
 PostgreSQL is a throwaway cluster started like `tests/pg.py` does (initdb + pg_ctl, fsync off —
 so PostgreSQL figures are an upper bound for a durable server); skipped when the server
@@ -15,6 +16,13 @@ binaries are missing.
 
     python -m benchmarks.bench_store            # writes 200k/backend, refit 10k 100k 1M
     python -m benchmarks.bench_store --quick    # writes 20k/backend, refit 10k 100k (< 1 min)
+    python -m benchmarks.bench_store --refit-only --refit-sizes 1000000 --refit-repeat 3
+
+`--refit-repeat N` loads once and runs N refits, each in a fresh process on a fresh copy of the
+loaded database (median reported, every run listed); each run also reports its CPU seconds,
+steadier than wall time on a shared machine. The labels carry only the features the refit reads
+(`option_logprobs`, `answer_index`), as since the first version of this benchmark;
+`--full-features` adds every other key the gateway writes for an options-mode answer.
 """
 
 from __future__ import annotations
@@ -370,6 +378,13 @@ def _run_child(url: str) -> dict[str, object]:
     return result
 
 
+def _median_of(values: list[float]) -> str:
+    shown = f"{statistics.median(values):.2f} s"
+    if len(values) > 1:
+        shown += " (" + ", ".join(f"{v:.2f}" for v in values) + ")"
+    return shown
+
+
 def bench_refit(
     sizes: list[int], *, repeat: int = 1, full_features: bool = False
 ) -> list[list[str]]:
@@ -396,14 +411,13 @@ def bench_refit(
                 float(run["peak_mb"]) - float(run["base_mb"])  # type: ignore[arg-type]
                 for run in runs
             )
+            cpus = sorted(float(run["cpu_seconds"]) for run in runs)  # type: ignore[arg-type]
             r = runs[0]
-            shown = f"{statistics.median(times):.2f} s"
-            if repeat > 1:
-                shown += " (" + ", ".join(f"{t:.2f}" for t in times) + ")"
             rows.append(
                 [
                     f"{n:,}",
-                    shown,
+                    _median_of(times),
+                    _median_of(cpus),
                     f"{statistics.median(above):.0f} MB",
                     f"{statistics.median(float(x['peak_mb']) for x in runs):.0f} MB",  # type: ignore[arg-type]
                     f"{r['status']} ({r['n_labels']} labels)",
@@ -504,6 +518,7 @@ def main(argv: list[str] | None = None) -> None:
                 [
                     "labels",
                     "refit time",
+                    "refit CPU time",
                     "peak RSS above baseline",
                     "peak RSS",
                     "outcome",
