@@ -28,7 +28,7 @@ def _identity(value: Any) -> Any:
     return value
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False)
 class LabeledBatch(Sequence[LabeledRow]):
     """Labeled predictions in store order (newest labels first), one sequence per column.
 
@@ -48,6 +48,11 @@ class LabeledBatch(Sequence[LabeledRow]):
     labeled_at_raw: Sequence[Any]
     #: The driver's timestamp → aware UTC datetime (parsed only for the rows that need it).
     to_datetime: Callable[[Any], datetime] = field(default=_identity, repr=False)
+    #: ids → their `features` JSON text, for rows whose ``features_json`` was not fetched
+    #: (None: every row's was). The store reads it only for rows whose hot keys are not all in
+    #: their columns, so a refit never carries the other keys' JSON through its sort.
+    load_json: Callable[[Sequence[str]], dict[str, str]] | None = field(default=None, repr=False)
+    _loaded: dict[str, str] = field(default_factory=dict, init=False, repr=False)
 
     @classmethod
     def from_rows(cls, rows: Sequence[LabeledRow]) -> LabeledBatch:
@@ -97,9 +102,16 @@ class LabeledBatch(Sequence[LabeledRow]):
 
     def features(self, i: int) -> dict[str, Any]:
         """Row i's `features`, exactly as `Store.get_prediction` returns them."""
-        return merge_features(
-            _decode(self.features_json[i]), self.option_logprobs[i], self.answer_index[i]
-        )
+        return merge_features(_decode(self._json(i)), self.option_logprobs[i], self.answer_index[i])
+
+    def _json(self, i: int) -> str | dict[str, Any] | None:
+        text = self.features_json[i]
+        if text is not None or self.load_json is None:
+            return text
+        if not self._loaded:  # the whole batch at once: one query, not one per row
+            missing = [id for id, t in zip(self.ids, self.features_json, strict=True) if t is None]
+            self._loaded.update(self.load_json(missing))
+        return self._loaded.get(self.ids[i])
 
     def values(self, key: str) -> list[Any]:
         """Each row's ``features.get(key)``; the JSON is decoded only for keys not in a column."""
@@ -114,7 +126,7 @@ class LabeledBatch(Sequence[LabeledRow]):
                 value if value is not None else self.features(i).get(key)
                 for i, value in enumerate(self.answer_index)
             ]
-        return [_decode(text).get(key) for text in self.features_json]
+        return [_decode(self._json(i)).get(key) for i in range(len(self))]
 
     @property
     def newest(self) -> datetime | None:

@@ -234,8 +234,15 @@ class PredictionRepository:
                 _F.c.true_index,
                 sa.type_coerce(_P.c.option_logprobs, _RAW),
                 _P.c.answer_index,
-                # The rest of `features` as text: decoded only for the rows and keys asked for.
-                sa.cast(_P.c.features, sa.Text),
+                # The rest of `features` as text, only for rows whose hot keys are not all in
+                # their columns (the refit reads them); others load it per batch when asked.
+                sa.case(
+                    (
+                        sa.or_(_P.c.option_logprobs.is_(None), _P.c.answer_index.is_(None)),
+                        sa.cast(_P.c.features, sa.Text),
+                    ),
+                    else_=sa.null(),
+                ),
                 sa.type_coerce(_F.c.created_at, _RAW),
             )
             .join(_F, _F.c.prediction_id == _P.c.id)
@@ -247,13 +254,40 @@ class PredictionRepository:
         query = _window(query, task, since, limit)
         with self._db.tx() as conn:
             to_datetime = _datetime_processor(conn.dialect)
-            for rows in _fetch_batches(conn, query, batch_size):
-                ids, modes, raw, correct, true_index, blobs, index, rest, at = zip(
-                    *rows, strict=True
-                )
-                yield LabeledBatch(
-                    ids, modes, raw, correct, true_index, blobs, index, rest, at, to_datetime
-                )
+            live: list[sa.Connection] = [conn]  # the other-keys JSON is read on this one while
+            # the rows stream (one SQLite in-memory connection cannot open a second transaction)
+
+            def load_json(ids: Sequence[str]) -> dict[str, str]:
+                if live:
+                    return self._features_json(live[0], ids)
+                with self._db.tx() as later:
+                    return self._features_json(later, ids)
+
+            try:
+                for rows in _fetch_batches(conn, query, batch_size):
+                    ids, modes, raw, correct, true_index, blobs, index, rest, at = zip(
+                        *rows, strict=True
+                    )
+                    yield LabeledBatch(
+                        ids,
+                        modes,
+                        raw,
+                        correct,
+                        true_index,
+                        blobs,
+                        index,
+                        rest,
+                        at,
+                        to_datetime,
+                        load_json,
+                    )
+            finally:
+                live.clear()
+
+    def _features_json(self, conn: sa.Connection, ids: Sequence[str]) -> dict[str, str]:
+        query = sa.select(_P.c.id, sa.cast(_P.c.features, sa.Text).label("text"))
+        rows = self._db.select_in(conn, query, _P.c.id, list(ids))
+        return {row["id"]: row["text"] for row in rows}
 
     def count_labels(
         self, model: str, task: str | None = "default", *, after: datetime | None = None

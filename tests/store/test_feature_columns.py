@@ -176,3 +176,27 @@ def test_a_hot_column_wins_over_a_stale_json_copy(store: Store, make_prediction)
     got = store.get_prediction(record.id)
     assert got is not None
     assert got.features == {**record.features, "k": "v"}
+
+
+@pytest.mark.parametrize("url", ["memory", "file"])
+def test_other_keys_are_read_while_the_rows_stream(url: str, tmp_path, make_prediction) -> None:
+    """The other keys' JSON is not part of the streamed rows (the refit never needs it); asked
+    for mid-stream it is read on the streaming connection — also with SQLite in memory, where
+    a second transaction could not be opened — and after the stream in a transaction of its own."""
+    store = Store.open("sqlite://" if url == "memory" else f"sqlite:///{tmp_path / 'x.db'}")
+    try:
+        records = [
+            make_prediction(features={"option_logprobs": [-1.0], "answer_index": 0, "k": i})
+            for i in range(5)
+        ]
+        store.insert_predictions(records)
+        store.record_feedback([FeedbackItem(r.id, correct=True) for r in records], "acme", False)
+        seen = []
+        for batch in store.labeled_rows("gemma-3-270m", batch_size=2):
+            assert list(batch.features_json) == [None] * len(batch)  # not fetched with the rows
+            seen += batch.values("k")
+        assert sorted(seen) == list(range(5))
+        [*_, last] = store.labeled_rows("gemma-3-270m", batch_size=2)
+        assert last.features(0)["k"] in range(5) and last.values("answer_index") == [0]
+    finally:
+        store.close()
