@@ -6,8 +6,9 @@
    loop, batches written in a worker thread, as in production): rows/s, the `submit` cost, and
    how the insert rate changes as the table grows (rate per successive slice of the inserts).
 2. **Refit.** For 10k / 100k / 1M labels (options mode; predictions + feedback bulk-loaded into
-   a SQLite file), one `run_refit` in a fresh subprocess: wall time and peak RSS above the
-   process's baseline (imports + open store), so every size starts from the same state.
+   a SQLite file, stored as the gateway stores them), one `run_refit` in a fresh subprocess:
+   wall and CPU time and peak RSS above the process's baseline (imports + open store), so every
+   size starts from the same state.
 
 PostgreSQL is a throwaway cluster started like `tests/pg.py` does (initdb + pg_ctl, fsync off —
 so PostgreSQL figures are an upper bound for a durable server); skipped when the server
@@ -15,6 +16,13 @@ binaries are missing.
 
     python -m benchmarks.bench_store            # writes 200k/backend, refit 10k 100k 1M
     python -m benchmarks.bench_store --quick    # writes 20k/backend, refit 10k 100k (< 1 min)
+    python -m benchmarks.bench_store --refit-only --refit-sizes 1000000 --refit-repeat 3
+
+`--refit-repeat N` loads once and runs N refits, each in a fresh process on a fresh copy of the
+loaded database (median reported, every run listed); each run also reports its CPU seconds,
+steadier than wall time on a shared machine. The labels carry only the features the refit reads
+(`option_logprobs`, `answer_index`), as since the first version of this benchmark;
+`--full-features` adds every other key the gateway writes for an options-mode answer.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import os
 import pwd
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,6 +48,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from service.store import PredictionRecord, PredictionWriter, Store
+from service.store.features import split_features
 from service.store.records import utcnow
 from service.store.schema import feedback as feedback_table
 from service.store.schema import predictions as predictions_table
@@ -231,8 +241,25 @@ def bench_writes(url: str, backend: str, total: int) -> tuple[list[list[str]], l
 # ----------------------------------------------------------------------------- refit
 
 
-def load_labels(url: str, n: int) -> None:
-    """Bulk-load `n` labeled options-mode predictions (predictions + feedback rows)."""
+def _refit_features(lps: list[float], chosen: int, full: bool) -> dict[str, object]:
+    """The features the refit reads; `full` adds every other key the gateway writes for an
+    options-mode answer (`OptionScore`), which the refit does not read."""
+    features: dict[str, object] = {"option_logprobs": lps, "answer_index": chosen}
+    if full:
+        features = {
+            "options": ["A", "B", "C", "D"],
+            **features,
+            "truncated": [False] * 4,
+            "answer": "ABCD"[chosen],
+            "position": 2,
+            "scoring": "path",
+        }
+    return features
+
+
+def load_labels(url: str, n: int, *, full_features: bool = False) -> None:
+    """Bulk-load `n` labeled options-mode predictions (predictions + feedback rows), stored as
+    the gateway stores them (hot features in their columns, the rest JSON)."""
     store = Store.open(url)
     try:
         rng = random.Random(4)
@@ -250,6 +277,9 @@ def load_labels(url: str, n: int) -> None:
                     true = chosen if rng.random() < 0.7 else rng.randrange(4)
                     created = now - timedelta(seconds=n - i)
                     pid = f"r-{i:09d}"
+                    features, packed, answer_index = split_features(
+                        _refit_features(lps, chosen, full_features)
+                    )
                     preds.append(
                         {
                             "id": pid,
@@ -262,7 +292,9 @@ def load_labels(url: str, n: int) -> None:
                             "answer": "ABCD"[chosen],
                             "raw_confidence": 0.5,
                             "confidence": 0.5,
-                            "features": {"option_logprobs": lps, "answer_index": chosen},
+                            "features": features,
+                            "option_logprobs": packed,
+                            "answer_index": answer_index,
                             "profile_version": 0,
                             "prompt_hash": None,
                             "abstained": False,
@@ -311,15 +343,17 @@ def refit_child(url: str) -> None:
 
     store = Store.open(url)
     base_kb = _rss_kb()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     outcome = run_refit(store, RefitConfig(), MODEL, TASK)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     peak_kb = _peak_rss_kb()
     store.close()
     print(
         json.dumps(
             {
                 "seconds": seconds,
+                "cpu_seconds": cpu,  # less disturbed than wall time on a shared machine
+                "timings": outcome.timings,
                 "status": outcome.status,
                 "reason": outcome.reason,
                 "n_labels": outcome.n_labels,
@@ -330,36 +364,66 @@ def refit_child(url: str) -> None:
     )
 
 
-def bench_refit(sizes: list[int]) -> list[list[str]]:
+def _run_child(url: str) -> dict[str, object]:
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_store", "--refit-child", url],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=True,
+    )
+    result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _median_of(values: list[float]) -> str:
+    shown = f"{statistics.median(values):.2f} s"
+    if len(values) > 1:
+        shown += " (" + ", ".join(f"{v:.2f}" for v in values) + ")"
+    return shown
+
+
+def bench_refit(
+    sizes: list[int], *, repeat: int = 1, full_features: bool = False
+) -> list[list[str]]:
+    """Per size: load once, then `repeat` refits, each in a fresh process on a fresh copy of
+    the loaded database (so every run starts from the same state); the median is reported."""
     rows = []
     for n in sizes:
         tmp = Path(tempfile.mkdtemp(prefix="calib-bench-refit-"))
-        url = f"sqlite:///{tmp / 'refit.db'}"
+        loaded = tmp / "loaded.db"
         try:
             t0 = time.perf_counter()
-            load_labels(url, n)
+            load_labels(f"sqlite:///{loaded}", n, full_features=full_features)
             load_s = time.perf_counter() - t0
-            out = subprocess.run(
-                [sys.executable, "-m", "benchmarks.bench_store", "--refit-child", url],
-                cwd=ROOT,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
-                capture_output=True,
-                text=True,
-                timeout=900,
-                check=True,
+            runs = []
+            for r in range(repeat):
+                copy = tmp / f"run-{r}.db"
+                shutil.copyfile(loaded, copy)
+                runs.append(_run_child(f"sqlite:///{copy}"))
+                copy.unlink()
+                seconds = float(runs[-1]["seconds"])  # type: ignore[arg-type]
+                print(f"  refit {n:,} run {r + 1}: {seconds:.2f} s", flush=True)
+            times = sorted(float(run["seconds"]) for run in runs)  # type: ignore[arg-type]
+            above = sorted(
+                float(run["peak_mb"]) - float(run["base_mb"])  # type: ignore[arg-type]
+                for run in runs
             )
-            r = json.loads(out.stdout.strip().splitlines()[-1])
+            cpus = sorted(float(run["cpu_seconds"]) for run in runs)  # type: ignore[arg-type]
+            r = runs[0]
             rows.append(
                 [
                     f"{n:,}",
-                    f"{r['seconds']:.2f} s",
-                    f"{r['peak_mb'] - r['base_mb']:.0f} MB",
-                    f"{r['peak_mb']:.0f} MB",
+                    _median_of(times),
+                    _median_of(cpus),
+                    f"{statistics.median(above):.0f} MB",
+                    f"{statistics.median(float(x['peak_mb']) for x in runs):.0f} MB",  # type: ignore[arg-type]
                     f"{r['status']} ({r['n_labels']} labels)",
                     f"{load_s:.1f} s",
                 ]
             )
-            print(f"  refit {n:,}: {r['seconds']:.2f} s, status {r['status']}", flush=True)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return rows
@@ -387,6 +451,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--refit-sizes", type=int, nargs="*", default=None)
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--refit-only", action="store_true", help="skip the write benchmarks")
+    parser.add_argument(
+        "--refit-repeat", type=int, default=1, help="refits per size (median reported)"
+    )
+    parser.add_argument(
+        "--full-features",
+        action="store_true",
+        help="store every options-mode feature key the gateway writes, not only the refit's",
+    )
     parser.add_argument("--refit-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.refit_child:
@@ -403,13 +476,14 @@ def main(argv: list[str] | None = None) -> None:
     growth_rows: list[list[str]] = []
     tmp = Path(tempfile.mkdtemp(prefix="calib-bench-store-"))
     try:
-        print("SQLite writes ...", flush=True)
-        rows, growth = bench_writes(f"sqlite:///{tmp / 'w.db'}", "SQLite", total)
-        write_rows += rows
-        growth_rows += growth
+        if not args.refit_only:
+            print("SQLite writes ...", flush=True)
+            rows, growth = bench_writes(f"sqlite:///{tmp / 'w.db'}", "SQLite", total)
+            write_rows += rows
+            growth_rows += growth
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    if not args.no_postgres:
+    if not args.no_postgres and not args.refit_only:
         with postgres() as url:
             if url is None:
                 print("PostgreSQL server binaries not found: skipped", flush=True)
@@ -419,22 +493,32 @@ def main(argv: list[str] | None = None) -> None:
                 write_rows += rows
                 growth_rows += growth
     print("refit ...", flush=True)
-    refit_rows = bench_refit(sizes)
+    refit_rows = bench_refit(sizes, repeat=args.refit_repeat, full_features=args.full_features)
 
     load = os.getloadavg()[0]
+    features = "every options-mode key" if args.full_features else "the refit's keys only"
     for markdown in (False, True) if args.markdown else (False,):
-        print(f"\nPrediction writes ({os.cpu_count()} CPUs, load average {load:.2f})\n")
+        if write_rows:
+            print(f"\nPrediction writes ({os.cpu_count()} CPUs, load average {load:.2f})\n")
+            print(
+                table(
+                    ["store", "path", "records", "rows/s", "submit µs/record"], write_rows, markdown
+                )
+            )
+            print("\nInsert rate as the table grows (batches of 256)\n")
+            print(
+                table(["store", "table size after slice", "rows/s in slice"], growth_rows, markdown)
+            )
         print(
-            table(["store", "path", "records", "rows/s", "submit µs/record"], write_rows, markdown)
+            f"\nRefit (options mode, SQLite, default RefitConfig, features: {features}; "
+            f"fresh process per run; load average {load:.2f})\n"
         )
-        print("\nInsert rate as the table grows (batches of 256)\n")
-        print(table(["store", "table size after slice", "rows/s in slice"], growth_rows, markdown))
-        print("\nRefit (options mode, SQLite, default RefitConfig; fresh process per size)\n")
         print(
             table(
                 [
                     "labels",
                     "refit time",
+                    "refit CPU time",
                     "peak RSS above baseline",
                     "peak RSS",
                     "outcome",

@@ -50,7 +50,7 @@ def heldout_confidences(
     if config.max_age_s is not None:
         since = utcnow() - timedelta(seconds=config.max_age_s)
     batches = store.labeled_rows(model, task, since=since, limit=config.max_labels)
-    data, _ = build_labeled_set(batches, mode=profile.mode)
+    data, _ = build_labeled_set(batches, mode=profile.mode, signals=profile.method == "logistic")
     if len(data) == 0:
         empty = np.zeros(0)
         return empty, empty, empty

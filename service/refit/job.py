@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from calibrators import Profile
+from calibrators import CONFIDENCE_LOGIT, Profile
 from calibrators.refit import RefitPolicy, refit_profile
 from service.refit.dataset import build_labeled_set
 from service.store import ProfileEvent, Store, StoreError
@@ -254,7 +254,8 @@ def _attempt(
         since = utcnow() - timedelta(seconds=config.max_age_s)
     t = time.perf_counter()
     batches = store.labeled_rows(model, task, since=since, limit=config.max_labels)
-    data, info = build_labeled_set(batches, preferred_mode=preferred)
+    wants_signals = any(name != CONFIDENCE_LOGIT for names in config.feature_sets for name in names)
+    data, info = build_labeled_set(batches, preferred_mode=preferred, signals=wants_signals)
     timings["load_s"] = time.perf_counter() - t
     event.labels_until = info.labels_until  # type: ignore[assignment]
     outcome.n_labels = len(data)

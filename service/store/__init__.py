@@ -18,6 +18,7 @@ from service.store.errors import (
     StoreError,
     StoreUnavailable,
 )
+from service.store.labeled import LabeledBatch
 from service.store.records import (
     FeedbackItem,
     FeedbackRecord,
@@ -45,6 +46,7 @@ __all__ = [
     "InvalidFeedback",
     "KeyNotFound",
     "KeyRecord",
+    "LabeledBatch",
     "LabeledPrediction",
     "LabeledRow",
     "PredictionNotFound",

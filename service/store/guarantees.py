@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from service.store import schema
 from service.store.database import Database
+from service.store.features import merge_features
 
 __all__ = ["GuaranteeRepository", "GuaranteeRow"]
 
@@ -52,7 +53,9 @@ class GuaranteeRepository:
         `since`, newest labels first, at most `limit` (feedback from revoked keys left out)."""
         revoked = sa.select(_K.c.id).where(_K.c.id == _F.c.key_id, _K.c.revoked_at.is_not(None))
         query = (
-            sa.select(_P.c.confidence, _P.c.features, _F.c.correct, _F.c.true_index)
+            sa.select(
+                _P.c.confidence, _P.c.features, _F.c.correct, _F.c.true_index, _P.c.answer_index
+            )
             .join(_F, _F.c.prediction_id == _P.c.id)
             .where(
                 _P.c.model == model,
@@ -70,7 +73,8 @@ class GuaranteeRepository:
         return [
             GuaranteeRow(
                 confidence=None if row[0] is None else float(row[0]),
-                features=row[1] if isinstance(row[1], dict) else {},
+                # The answer's index lives in its own column (service/store/features.py).
+                features=merge_features(row[1] if isinstance(row[1], dict) else {}, None, row[4]),
                 correct=bool(row[2]),
                 true_index=row[3],
             )

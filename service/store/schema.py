@@ -59,7 +59,11 @@ predictions = sa.Table(
     sa.Column("answer", sa.Text, nullable=True),
     sa.Column("raw_confidence", sa.Float, nullable=True),
     sa.Column("confidence", sa.Float, nullable=True),
+    # The `features` dict: its hot keys in columns a refit loads as arrays, every other key in
+    # `features` (JSON). See service/store/features.py.
     sa.Column("features", JSONType, nullable=False),
+    sa.Column("option_logprobs", sa.LargeBinary, nullable=True),
+    sa.Column("answer_index", sa.Integer, nullable=True),
     sa.Column("profile_version", sa.Integer, nullable=False),
     sa.Column("prompt_hash", sa.String(128), nullable=True),
     sa.Column("abstained", sa.Boolean, nullable=False),

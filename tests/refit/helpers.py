@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from service.store import Store
 from service.store import schema as store_schema
+from service.store.features import split_features
 from service.store.records import utcnow
 from tests.upstream_double import JSONReply, chat_response
 
@@ -105,6 +106,16 @@ def insert_labeled_options(
         feedback = []
         for i in range(size):
             c = int(chosen[i])
+            features, packed, answer_index = split_features(
+                {
+                    "options": OPTIONS,
+                    "option_logprobs": logprobs[i].tolist(),
+                    "truncated": [False] * 4,
+                    "answer": OPTIONS[c],
+                    "answer_index": c,
+                    "position": 0,
+                }
+            )
             predictions.append(
                 {
                     "id": batch_ids[i],
@@ -117,14 +128,9 @@ def insert_labeled_options(
                     "answer": OPTIONS[c],
                     "raw_confidence": float(probs[i, c]),
                     "confidence": float(probs[i, c]),
-                    "features": {
-                        "options": OPTIONS,
-                        "option_logprobs": logprobs[i].tolist(),
-                        "truncated": [False] * 4,
-                        "answer": OPTIONS[c],
-                        "answer_index": c,
-                        "position": 0,
-                    },
+                    "features": features,  # as the store writes them (hot keys in columns)
+                    "option_logprobs": packed,
+                    "answer_index": answer_index,
                     "profile_version": 0,
                     "prompt_hash": None,
                     "abstained": False,

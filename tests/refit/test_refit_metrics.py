@@ -43,7 +43,11 @@ def _database(path: Path) -> str:
             conn.execute(
                 sa.update(predictions)
                 .where(predictions.c.task == "broken")
-                .values(features={"option_logprobs": ["not a number"] * 4, "answer_index": 0})
+                .values(
+                    features={"option_logprobs": ["not a number"] * 4, "answer_index": 0},
+                    option_logprobs=None,  # the hot keys live in the JSON only
+                    answer_index=None,
+                )
             )
     finally:
         store.close()

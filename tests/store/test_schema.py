@@ -11,6 +11,7 @@ from alembic.migration import MigrationContext
 
 from service.store import Store
 from service.store.schema import metadata
+from tests.store.legacy import insert_legacy
 
 TABLES = {"predictions", "feedback", "profiles", "api_keys", "leases", "alembic_version"}
 
@@ -69,11 +70,12 @@ def test_an_older_database_is_upgraded_in_place(store_url: str, make_prediction)
 
     engine = create_store_engine(store_url)
     migrate(engine, "0001")  # a database created by the first release
-    old = Store(engine)
-    old.insert_predictions([make_prediction(id="from-0001")])
+    record = make_prediction(id="from-0001")
+    with engine.begin() as conn:
+        insert_legacy(conn, [record])
     assert "leases" not in sa.inspect(engine).get_table_names()
     engine.dispose()
     upgraded = Store.open(store_url)
-    assert upgraded.get_prediction("from-0001") is not None
+    assert upgraded.get_prediction("from-0001") == record
     assert upgraded.acquire_lease("x", "me", 1)
     upgraded.close()

@@ -172,8 +172,20 @@ def test_labeled_set_columns_come_from_recorded_signals() -> None:
         LabeledRow("b", "sequence", 0.4, {}, False, None, now),
         LabeledRow("c", "sequence", 0.6, {"signals": {"first_token_prob": 0.5}}, True, None, now),
     ]
-    data, _ = build_labeled_set([rows[:2], rows[2:]], mode="sequence")
+    data, _ = build_labeled_set([rows[:2], rows[2:]], mode="sequence", signals=True)
     assert data.signals["visual_reliance"].tolist()[0] == 0.2
     assert np.isnan(data.signals["visual_reliance"][1:]).all()
     assert np.isnan(data.signals["first_token_prob"][:2]).all()
     assert data.signals["first_token_prob"][2] == 0.5
+
+
+def test_signals_are_read_only_when_asked_and_while_the_newest_rows_carry_them() -> None:
+    now = datetime.now(UTC)
+    with_signal = {"signals": {"visual_reliance": 0.4}}
+    newest = [LabeledRow("a", "sequence", 0.9, {}, True, None, now)]
+    older = [LabeledRow("b", "sequence", 0.8, with_signal, True, None, now)]
+    unasked, _ = build_labeled_set([older], mode="sequence")
+    assert unasked.signals == {}
+    # The newest batch carries no signal: older batches are not read for them.
+    data, _ = build_labeled_set([newest, older], mode="sequence", signals=True)
+    assert data.signals == {} and len(data) == 2
