@@ -124,7 +124,8 @@ async def ask(
         "calibration": calibration,
     }
     response = await client.post("/v1/completions", json=body)
-    response.raise_for_status()
+    if response.status_code != 200:  # counted, not fatal: one engine error must not end a run
+        return {"error": f"{response.status_code}: {response.text[:300]}"}
     calibration_out: dict[str, Any] = response.json()["calibration"]
     return calibration_out
 
@@ -236,6 +237,9 @@ def report(
             f"{sum(sizes) / n:.2f} of {len(rows[0][0].options or [])} | "
             f"{sizes.count(1) / n:.2f} | {n}/{len(fresh)} |"
         )
+    errors = [c["error"] for c in answers if "error" in c]
+    if errors:
+        lines += ["", f"{len(errors)} fresh requests failed, e.g. {errors[0]}"]
     lines += [
         "",
         f"scoring {args.scoring}, structured outputs {'on' if args.constrain else 'off'}; "
