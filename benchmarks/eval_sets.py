@@ -16,10 +16,11 @@ real gateway (this process, loopback) in front of the engine:
    `calibrators.prediction_set` — the gateway's own code path, checked to give exactly the
    gateway's sets at 0.9 (asking every question three times would triple the engine time).
 
-``--scoring likelihood`` (default): the option probabilities come from each option's full
-likelihood after the prompt. Path scoring under vLLM's structured outputs reads masked
-continuation tokens as logprob -9999 (a multi-token option that is not the generated one), which
-a single labeled item can turn into a fitted temperature at its upper bound (measured: T = 20).
+``--scoring path`` (default, as the demo serves it) or ``likelihood`` (each option's full
+likelihood after the prompt: one more engine request per question). Path scoring under vLLM's
+structured outputs can read a masked continuation token as logprob -9999 (vLLM's JSON clamp of
+-inf, for a multi-token option that is not the generated one); one such labeled item can push
+the fitted temperature to its upper bound (measured once on seed 0 alone: T = 20).
 
     python -m benchmarks.eval_sets --engine http://127.0.0.1:8011/v1 [--seeds 0 1 2]
 """
@@ -124,7 +125,8 @@ async def ask(
         "calibration": calibration,
     }
     response = await client.post("/v1/completions", json=body)
-    response.raise_for_status()
+    if response.status_code != 200:  # counted, not fatal: one engine error must not end a run
+        return {"error": f"{response.status_code}: {response.text[:300]}"}
     calibration_out: dict[str, Any] = response.json()["calibration"]
     return calibration_out
 
@@ -236,6 +238,9 @@ def report(
             f"{sum(sizes) / n:.2f} of {len(rows[0][0].options or [])} | "
             f"{sizes.count(1) / n:.2f} | {n}/{len(fresh)} |"
         )
+    errors = [c["error"] for c in answers if "error" in c]
+    if errors:
+        lines += ["", f"{len(errors)} fresh requests failed, e.g. {errors[0]}"]
     lines += [
         "",
         f"scoring {args.scoring}, structured outputs {'on' if args.constrain else 'off'}; "
@@ -251,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--engine", default="http://127.0.0.1:8011/v1")
     parser.add_argument("--model", default="gemma-3-270m")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--scoring", choices=["likelihood", "path"], default="likelihood")
+    parser.add_argument("--scoring", choices=["likelihood", "path"], default="path")
     parser.add_argument("--n", type=int, default=200, help="mcq questions per seed (demo_items)")
     parser.add_argument("--train-fraction", type=float, default=0.5)
     parser.add_argument("--split-seed", type=int, default=0)

@@ -5,9 +5,9 @@ overconfident), feedback and refit go through the HTTP API, and fresh questions 
 Sizes: the refit's held-out part (30 % of 5000 labels, ~1500 calibration scores) and 2500
 fresh questions per target give a standard deviation of the measured coverage (one fitted
 table's conditional coverage and the fresh sample together) of 0.013 at 0.8, 0.010 at 0.9 and
-0.007 at 0.95: the band [target - 0.03, target + 0.05] is 2.3 to 4.3 of them below. Seeds and response ids are fixed
-(the refit's split hashes the ids), so a run repeats exactly; `_check_band` is also shown to
-reject sets built from a quantile 0.06 too low.
+0.007 at 0.95: the band [target - 0.03, target + 0.05] is 2.3 to 4.3 of them below. Seeds
+and response ids are fixed (the refit's split hashes the ids), so a run repeats exactly;
+`_check_band` is also shown to reject sets built from a quantile 0.06 too low.
 """
 
 from __future__ import annotations
