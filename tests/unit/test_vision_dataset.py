@@ -159,6 +159,7 @@ def test_drawing_module_loads_without_the_project_packages(tmp_path) -> None:
     project's packages are not installed: drawing must need only numpy and Pillow."""
     import subprocess
     import sys
+
     import service.datasets.vision as vision
 
     script = (
