@@ -29,8 +29,6 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from service.datasets.questions import read_json_lines, write_jsonl
-
 SIZE = 64
 FAMILIES: tuple[str, ...] = ("colour", "shape", "count", "position")
 DIFFICULTIES: tuple[int, ...] = (0, 1, 2, 3)
@@ -232,10 +230,14 @@ def build_vision_set(
 
 def write_vision_jsonl(questions: Iterable[VisionQuestion], path: Path) -> int:
     """The same JSONL writer as the text forms (one object per line)."""
+    from service.datasets.questions import write_jsonl  # not at import: train.py loads this file
+
     return write_jsonl(questions, path)
 
 
 def read_vision_jsonl(path: Path) -> list[VisionQuestion]:
+    from service.datasets.questions import read_json_lines
+
     return [VisionQuestion.from_json(obj) for obj in read_json_lines(path)]
 
 

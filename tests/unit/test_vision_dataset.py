@@ -152,3 +152,28 @@ def _blobs(mask: np.ndarray) -> int:
             seen[cy, cx] = True
             stack += [(cy + 1, cx), (cy - 1, cx), (cy, cx + 1), (cy, cx - 1)]
     return count
+
+
+def test_drawing_module_loads_without_the_project_packages(tmp_path) -> None:
+    """The VLM's training scripts load vision.py by path inside the engine virtualenv, where the
+    project's packages are not installed: drawing must need only numpy and Pillow."""
+    import subprocess
+    import sys
+
+    import service.datasets.vision as vision
+
+    script = (
+        "import importlib.util, random, sys\n"
+        "sys.modules['service'] = None  # as in the engine venv: `import service` fails\n"
+        f"spec = importlib.util.spec_from_file_location('calib_vision', {str(vision.__file__)!r})\n"
+        "module = importlib.util.module_from_spec(spec)\n"
+        "sys.modules['calib_vision'] = module\n"
+        "spec.loader.exec_module(module)\n"
+        "scene = module.draw_scene('count', 2, random.Random(0))\n"
+        "print(scene.image.size, scene.answer_index)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"({SIZE}, {SIZE})")

@@ -22,6 +22,10 @@ IMAGE_TOKEN_ID = 7
 ANSWER_PREFIX = "\nAnswer:"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+#: The image tokens are 4 slots of 4 tokens, one per question family (in this order): training
+#: teaches the tower to write each family's answer into its slot (train.py).
+SLOTS: tuple[str, ...] = ("colour", "shape", "count", "position")
+SLOT_TOKENS = IMAGE_TOKENS // len(SLOTS)
 
 VISION = {
     "hidden_size": 192,
