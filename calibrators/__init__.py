@@ -32,7 +32,15 @@ from .prompt_search import (
     rank_key,
     search_prompts,
 )
-from .scoring import OptionScore, SequenceScore, normalize_token, score_options, score_sequence
+from .scoring import (
+    SEQUENCE_FEATURE_SETS,
+    SEQUENCE_SIGNALS,
+    OptionScore,
+    SequenceScore,
+    normalize_token,
+    score_options,
+    score_sequence,
+)
 from .temperature import TemperatureScaler, grid_search_temperature
 from .threshold import ThresholdChoice, select_threshold
 from .vocab import (
@@ -55,6 +63,8 @@ __all__ = [
     "METHODS",
     "MODES",
     "SCORINGS",
+    "SEQUENCE_FEATURE_SETS",
+    "SEQUENCE_SIGNALS",
     "AbstainPolicy",
     "AbstainReason",
     "Calibrated",

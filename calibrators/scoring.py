@@ -65,6 +65,8 @@ import numpy as np
 from .vocab import Scoring
 
 __all__ = [
+    "SEQUENCE_FEATURE_SETS",
+    "SEQUENCE_SIGNALS",
     "OptionScore",
     "SequenceScore",
     "normalize_token",
@@ -143,13 +145,54 @@ class OptionScore:
         return _softmax(self.option_logprobs)[self.answer_index]
 
 
+#: Names of the sequence signals (:meth:`SequenceScore.signals`), each a feature of the refit's
+#: logistic candidates. Probabilities enter as logits so that a linear map over them is Platt
+#: scaling of that one signal.
+SEQUENCE_SIGNALS = (
+    "first_token_logit",
+    "min_token_logit",
+    "joint_logit",
+    "first_margin",
+    "n_tokens",
+)
+
+#: The refit's default logistic candidates over sequence signals (``refit_feature_sets``): each
+#: signal alone, and all of them with ``confidence_logit`` (the logit of exp(mean logprob)).
+#: A candidate whose signals the labels do not carry (``first_margin`` needs top-K logprobs,
+#: which sequence mode does not ask for unless the client does) is skipped.
+SEQUENCE_FEATURE_SETS: tuple[tuple[str, ...], ...] = (
+    ("first_token_logit",),
+    ("min_token_logit",),
+    ("joint_logit",),
+    ("first_margin",),
+    ("confidence_logit", "first_token_logit", "min_token_logit", "joint_logit", "n_tokens"),
+)
+
+_SIGNAL_EPS = 1e-6  # probabilities clipped to [eps, 1 - eps] before the logit (as confidence_logit)
+
+
+def _logit_of_logprob(logprob: float) -> float:
+    """``logit(exp(logprob))`` with the probability clipped to [eps, 1 - eps]."""
+    p = min(max(math.exp(logprob), _SIGNAL_EPS), 1.0 - _SIGNAL_EPS)
+    return math.log(p) - math.log1p(-p)
+
+
 @dataclass(frozen=True)
 class SequenceScore:
-    """Length-normalized features of a free-form answer."""
+    """Features of a free-form answer, all from the generated tokens' logprobs.
+
+    ``sum_logprob`` is the log of the answer's joint probability; ``first_logprob`` the first
+    token's logprob; ``first_margin`` the log-odds between the two most likely tokens at the
+    first position (None when the engine listed fewer than two candidates there, e.g. no
+    ``top_logprobs`` were asked for).
+    """
 
     mean_logprob: float | None
     min_logprob: float | None
     n_tokens: int
+    first_logprob: float | None = None
+    sum_logprob: float | None = None
+    first_margin: float | None = None
 
     @property
     def raw_confidence(self) -> float | None:
@@ -157,6 +200,29 @@ class SequenceScore:
         if self.mean_logprob is None or self.n_tokens == 0:
             return None
         return math.exp(self.mean_logprob)
+
+    def signals(self) -> dict[str, float]:
+        """The named signals of :data:`SEQUENCE_SIGNALS` this answer has (docs/refit.md):
+
+        * ``first_token_logit``: ``logit(p)`` of the first generated token's probability;
+        * ``min_token_logit``: ``logit`` of the least likely generated token's probability;
+        * ``joint_logit``: ``logit`` of the joint probability ``exp(sum of logprobs)``;
+        * ``first_margin``: ``logprob(top 1) - logprob(top 2)`` at the first position (>= 0);
+        * ``n_tokens``: the number of generated tokens with a logprob.
+
+        Probabilities are clipped to [1e-6, 1 - 1e-6] before the logit. Empty without tokens.
+        """
+        if self.n_tokens == 0 or self.min_logprob is None:
+            return {}
+        out = {"min_token_logit": _logit_of_logprob(self.min_logprob)}
+        if self.first_logprob is not None:
+            out["first_token_logit"] = _logit_of_logprob(self.first_logprob)
+        if self.sum_logprob is not None:
+            out["joint_logit"] = _logit_of_logprob(self.sum_logprob)
+        if self.first_margin is not None:
+            out["first_margin"] = self.first_margin
+        out["n_tokens"] = float(self.n_tokens)
+        return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -600,14 +666,50 @@ def score_options(
 
 
 def score_sequence(logprobs: Any) -> SequenceScore:
-    """Mean and min token logprob over all generated tokens (tokens without a logprob skipped)."""
+    """Mean, min and sum of the token logprobs over all generated tokens (tokens without a
+    logprob skipped), the first one's logprob and the top-2 margin at the first position."""
     kind, steps = _steps(logprobs)
+    first_top: dict[str, float] | None = None
+    first_token = ""
     if kind == "chat":
         lps = [e["logprob"] for e in steps if e.get("logprob") is not None]
+        first = next((e for e in steps if e.get("logprob") is not None), None)
+        if first is not None and first.get("top_logprobs"):
+            first_token = first.get("token") or ""
+            first_top = {
+                c.get("token") or "": c["logprob"]
+                for c in first["top_logprobs"]
+                if isinstance(c, dict) and c.get("logprob") is not None
+            }
     elif kind == "legacy":
-        lps = [lp for lp in steps.get("token_logprobs") or () if lp is not None]
+        raw = list(steps.get("token_logprobs") or ())
+        lps = [lp for lp in raw if lp is not None]
+        at = next((i for i, lp in enumerate(raw) if lp is not None), None)
+        tops = steps.get("top_logprobs") or ()
+        tokens = steps.get("tokens") or ()
+        if at is not None and at < len(tops) and isinstance(tops[at], dict):
+            first_top = {t: lp for t, lp in tops[at].items() if lp is not None}
+            first_token = tokens[at] if at < len(tokens) and isinstance(tokens[at], str) else ""
     else:
         lps = []
     if not lps:
         return SequenceScore(None, None, 0)
-    return SequenceScore(sum(lps) / len(lps), min(lps), len(lps))
+    return SequenceScore(
+        sum(lps) / len(lps),
+        min(lps),
+        len(lps),
+        first_logprob=lps[0],
+        sum_logprob=sum(lps),
+        first_margin=_margin(first_token, lps[0], first_top),
+    )
+
+
+def _margin(token: str, logprob: float, top: dict[str, float] | None) -> float | None:
+    """``top1 - top2`` logprob at one position, over the listed candidates and the generated
+    token (added when the list leaves it out). None with fewer than two."""
+    if not top:
+        return None
+    values = sorted({**top, token: logprob}.values(), reverse=True)
+    if len(values) < 2:
+        return None
+    return values[0] - values[1]

@@ -13,7 +13,8 @@ CONTRACT = {
     "population_stability_index", "ks_statistic", "Profile", "Calibrated", "apply_profile",
     "Mode", "AbstainPolicy", "AbstainReason", "Method", "Scoring",
     "MODES", "ABSTAIN_POLICIES", "ABSTAIN_REASONS", "METHODS", "SCORINGS",
-    "FeatureLogistic", "CONFIDENCE_LOGIT", "confidence_logit",
+    "FeatureLogistic", "CONFIDENCE_LOGIT", "confidence_logit", "SEQUENCE_SIGNALS",
+    "SEQUENCE_FEATURE_SETS",
 }  # fmt: skip
 
 
