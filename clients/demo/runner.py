@@ -2,10 +2,14 @@
 
 1. start (or reuse) the embedded engines (Gemma for text, the tiny VLM for images) and a gateway
    on SQLite in the output folder that routes each model to its engine;
-2. answer the training part through the gateway (identity profile: raw = calibrated);
-3. post the gold labels as feedback and refit each task (champion/challenger, LTT threshold);
-4. answer the held-out part with the new profiles;
-5. print the before/after table, write summary.json, report.html and the figures.
+2. search the mcq system prompt on the mcq training items (the gateway's prompt-optimization
+   job, small budget; `prompt_search.py`): a winner on the job's held-out split becomes the
+   profile's system prompt, so everything after is answered with it;
+3. answer the training part through the gateway (raw = calibrated: no calibrator yet);
+4. post the gold labels as feedback and refit each task (champion/challenger, LTT threshold):
+   temperature and threshold are fitted for the prompt in use;
+5. answer the held-out part with the new profiles (all three knobs);
+6. print the before/after table, write summary.json, report.html and the figures.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from clients.sdk import CalibClient
 
 from .evaluate import arrays, task_summary
 from .loop import Answered, ask_all, post_feedback
+from .prompt_search import SearchBudget, headline, prompt_section, prompt_table, run_prompt_search
 from .questions import DemoItem, demo_items, split, vision_items
 from .stack import Stack
 
@@ -77,6 +82,9 @@ class DemoOptions:
     delta: float = 0.1
     concurrency: int = 8
     keep: bool = False
+    prompt_search: bool = True
+    """Search the mcq system prompt on the training part first (the third knob)."""
+    prompt_budget: int = 5
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -157,6 +165,17 @@ def run_loop(options: DemoOptions, gateway_url: str, console: Console) -> dict[s
         + (", vision = image questions to the tiny VLM" if options.vision else "")
         + ")"
     )
+    prompt_optimization = None
+    if options.prompt_search and "mcq" in options.tasks:
+        with CalibClient(gateway_url, options.api_key) as client:
+            prompt_optimization = _timed(
+                options,
+                "prompt_search_s",
+                lambda: run_prompt_search(
+                    client, options.model, train, SearchBudget(budget=options.prompt_budget)
+                ),
+            )
+        console.print(headline(prompt_optimization))
     trained = _timed(
         options,
         "answer_training_s",
@@ -191,6 +210,8 @@ def run_loop(options: DemoOptions, gateway_url: str, console: Console) -> dict[s
         "refits": refits,
         "settings": {"target_risk": options.target_risk, "delta": options.delta},
     }
+    if prompt_optimization is not None:
+        summary["prompt_optimization"] = prompt_optimization
     _write_outputs(options, summary, by_task, console)
     return summary
 
@@ -276,7 +297,13 @@ def _write_outputs(
         "labels posted": str(summary["counts"]["labels_posted"]),
         "risk target": f"α = {options.target_risk}, δ = {options.delta} (Learn-Then-Test)",
     }
-    page = render_html("mllm-calib demo: calibration before/after", rows, tasks, figures, notes)
+    po = summary.get("prompt_optimization")
+    if po is not None:
+        notes["system prompt (mcq)"] = headline(po)
+    sections = [prompt_section(po)] if po is not None else []
+    page = render_html(
+        "mllm-calib demo: calibration before/after", rows, tasks, figures, notes, sections
+    )
     (out / "report.html").write_text(page, encoding="utf-8")
     answers = [
         {
@@ -295,6 +322,8 @@ def _write_outputs(
     (out / "held_out_answers.jsonl").write_text(
         "".join(json.dumps(a) + "\n" for a in answers), encoding="utf-8"
     )
+    if po is not None:
+        console.print(prompt_table(po))
     console.print(summary_table(summary))
     console.print(f"report: {out / 'report.html'}")
     console.print(f"summary: {out / 'summary.json'}")

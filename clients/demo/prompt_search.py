@@ -1,0 +1,184 @@
+"""The demo's third knob: a small-budget system-prompt search on the mcq training part.
+
+The gateway's own prompt-optimization job (`POST /v1/calibration/models/{model}/
+prompt-optimizations`, docs/prompt-optimization.md) gets the mcq training items inline, searches
+candidates on its search split, and compares the best with the prompt in use (none) on its
+held-out split; only a winner there becomes the active profile's system prompt. The demo then
+answers the training part with whatever is active, so the refit fits the temperature and the
+threshold for the prompt that is served.
+
+Why mcq: its items carry the right option, which is what the job scores (accuracy and ECE of
+the option distribution); cloze answers have no options, and the vision task goes to another
+model whose chat prompts already carry their instruction.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from rich.table import Table
+
+from clients.report import Section
+from clients.sdk import CalibClient
+
+from .questions import DemoItem
+
+#: The task whose prompt is searched.
+TASK = "mcq"
+#: The paper's two seeds plus one instruction written for this task.
+SEEDS = (
+    "The answer might be",
+    "The answer must be",
+    "Answer with the capital city. If the country does not exist, answer I don't know.",
+)
+
+
+@dataclass(frozen=True)
+class SearchBudget:
+    """Bounds on the search: at most `budget` candidates on at most `max_items` items."""
+
+    budget: int = 5
+    k: int = 2
+    m: int = 2
+    n: int = 1
+    max_items: int = 160
+    holdout_fraction: float = 0.3
+    timeout_s: float = 600.0
+    poll_s: float = 1.0
+
+
+def job_items(items: list[DemoItem], limit: int) -> list[dict[str, Any]]:
+    """The mcq training items in the question-set schema the job reads (docs/datasets.md)."""
+    chosen = [item for item in items if item.task == TASK][:limit]
+    return [
+        {
+            "id": item.id,
+            "prompt": item.prompt,
+            "options": item.options,
+            "answer": item.gold,
+            "idk_option": item.idk_option,
+            "answerable": item.answerable,
+        }
+        for item in chosen
+    ]
+
+
+def summarize_job(job: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """What `summary.json` records under `prompt_optimization` from the job's final state."""
+    result = job.get("result") or {}
+    heldout = result.get("heldout") or {}
+    activated = bool(result.get("activated"))
+    status = job.get("status")
+    if result:
+        reason = result.get("reason")
+    else:
+        reason = f"the search did not finish ({status}): {job.get('error')}"
+    return {
+        "task": job.get("task", TASK),
+        "job": job.get("id"),
+        "status": status,
+        "decision": "activated" if activated else "rejected",
+        "reason": reason,
+        "best_prompt": result.get("best_prompt"),
+        "active_prompt": result.get("active_prompt"),
+        "version": result.get("version"),
+        "candidates": [
+            {
+                "prompt": c["prompt"],
+                "accuracy": c["accuracy"],
+                "ece": c["ece"],
+                "round": c["round"],
+            }
+            for c in job.get("history") or []
+        ],
+        "heldout": {
+            "best": heldout.get("best"),
+            "active": heldout.get("active"),
+        },
+        "items": job.get("items"),
+        "seconds": round(seconds, 2),
+    }
+
+
+def run_prompt_search(
+    client: CalibClient, model: str, items: list[DemoItem], budget: SearchBudget | None = None
+) -> dict[str, Any]:
+    """Start the job on the mcq training items, wait for its decision, return its summary."""
+    budget = budget or SearchBudget()
+    started = time.perf_counter()
+    job = client.optimize_prompt(
+        model,
+        task=TASK,
+        items=job_items(items, budget.max_items),
+        seeds=list(SEEDS),
+        k=budget.k,
+        m=budget.m,
+        n=budget.n,
+        budget=budget.budget,
+        holdout_fraction=budget.holdout_fraction,
+    )
+    deadline = started + budget.timeout_s
+    while job["status"] not in ("succeeded", "rejected", "failed"):
+        if time.perf_counter() > deadline:
+            job = {**job, "status": "timeout", "error": f"no decision in {budget.timeout_s} s"}
+            break
+        time.sleep(budget.poll_s)
+        job = client.prompt_optimization(job["id"])
+    return summarize_job(job, time.perf_counter() - started)
+
+
+def _short(prompt: str | None, width: int = 70) -> str:
+    if not prompt:
+        return "(no system prompt)"
+    return prompt if len(prompt) <= width else prompt[: width - 1] + "…"
+
+
+def comparison_rows(po: dict[str, Any]) -> list[tuple[str, list[Any]]]:
+    """(label, [accuracy, ECE, n]) for each candidate of the search and the held-out pair."""
+    rows: list[tuple[str, list[Any]]] = [
+        (f"search r{c['round']}: {_short(c['prompt'])}", [c["accuracy"], c["ece"], None])
+        for c in po["candidates"]
+    ]
+    for key, label in (("best", "held-out: best"), ("active", "held-out: in use")):
+        value = po["heldout"].get(key) or {}
+        prompt = po["best_prompt"] if key == "best" else po["active_prompt"]
+        rows.append(
+            (
+                f"{label}: {_short(prompt)}",
+                [value.get("accuracy"), value.get("ece"), value.get("n")],
+            )
+        )
+    return rows
+
+
+def headline(po: dict[str, Any]) -> str:
+    """One line: the decision and why."""
+    return f"prompt search on {po['task']} ({po['seconds']} s): {po['decision']} — {po['reason']}"
+
+
+def prompt_table(po: dict[str, Any]) -> Table:
+    """The printed table: candidates on the search split, then the held-out decision."""
+    table = Table(title=f"system-prompt search ({po['task']}): {po['decision']}")
+    for name, justify in (("candidate", "left"), ("accuracy", "right"), ("ECE", "right")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    table.add_column("n", justify="right")
+    for label, values in comparison_rows(po):
+        table.add_row(
+            label,
+            *("—" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v) for v in values),
+        )
+    return table
+
+
+def prompt_section(po: dict[str, Any]) -> Section:
+    """The report's section: the same rows, the decision as its text."""
+    return Section(
+        id="prompt-optimization",
+        title=f"System-prompt search ({po['task']}): {po['decision']}",
+        columns=("accuracy", "ECE", "n"),
+        rows=comparison_rows(po),
+        first="candidate",
+        text=headline(po),
+    )
