@@ -213,7 +213,7 @@ def signal_table(data: LabeledSet, repeats: int, seed: int) -> list[dict[str, An
     """Per feature set: raw AUROC (one signal), and held-out quality of its logistic map over
     `repeats` random half splits (mean, and sd of ECE)."""
     rng = np.random.default_rng(seed)
-    sets = [(CONFIDENCE_LOGIT,), *SEQUENCE_FEATURE_SETS]
+    sets = [(CONFIDENCE_LOGIT,), *SEQUENCE_FEATURE_SETS, ("n_tokens",)]
     rows = []
     for names in sets:
         x = np.column_stack([_column(data, name) for name in names])

@@ -182,3 +182,16 @@ def prompt_section(po: dict[str, Any]) -> Section:
         first="candidate",
         text=headline(po),
     )
+
+
+def knobs_text(served: dict[str, Any]) -> str:
+    """The three knobs of a served profile in one line."""
+    temperature = served.get("temperature")
+    threshold = served.get("threshold")
+    return (
+        f"system prompt {_short(served.get('system_prompt'))!s}, "
+        f"method {served.get('method')}"
+        + (f" (T = {temperature:.3f})" if isinstance(temperature, float) else "")
+        + (f", abstain threshold {threshold:.3f}" if isinstance(threshold, float) else "")
+        + f" (profile v{served.get('version')})"
+    )

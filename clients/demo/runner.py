@@ -40,7 +40,14 @@ from clients.sdk import CalibClient
 
 from .evaluate import arrays, task_summary
 from .loop import Answered, ask_all, post_feedback
-from .prompt_search import SearchBudget, headline, prompt_section, prompt_table, run_prompt_search
+from .prompt_search import (
+    SearchBudget,
+    headline,
+    knobs_text,
+    prompt_section,
+    prompt_table,
+    run_prompt_search,
+)
 from .questions import DemoItem, demo_items, split, vision_items
 from .stack import Stack
 
@@ -198,6 +205,8 @@ def run_loop(options: DemoOptions, gateway_url: str, console: Console) -> dict[s
         lambda: _ask(options, gateway_url, test, console, "held-out part "),
     )
     by_task = {task: [a for a in held_out if a.item.task == task] for task in options.tasks}
+    with CalibClient(gateway_url, options.api_key) as client:
+        served = {task: _served(client, options.model_of(task), task) for task in options.tasks}
     summary = {
         "model": options.model,
         "models": {task: options.model_of(task) for task in options.tasks},
@@ -208,12 +217,25 @@ def run_loop(options: DemoOptions, gateway_url: str, console: Console) -> dict[s
             for task, answers in by_task.items()
         },
         "refits": refits,
+        "served_profiles": served,
         "settings": {"target_risk": options.target_risk, "delta": options.delta},
     }
     if prompt_optimization is not None:
         summary["prompt_optimization"] = prompt_optimization
     _write_outputs(options, summary, by_task, console)
     return summary
+
+
+def _served(client: CalibClient, model: str, task: str) -> dict[str, Any] | None:
+    """The knobs the held-out part was answered with: the active profile's system prompt,
+    calibrator and threshold (None when the task has no active profile)."""
+    active = client.profile(model, task).get("active")
+    if not active:
+        return None
+    return {
+        key: active.get(key)
+        for key in ("version", "system_prompt", "method", "temperature", "threshold")
+    }
 
 
 def _outcome_text(outcome: dict[str, Any]) -> str:
@@ -299,7 +321,10 @@ def _write_outputs(
     }
     po = summary.get("prompt_optimization")
     if po is not None:
-        notes["system prompt (mcq)"] = headline(po)
+        notes["system prompt search (mcq)"] = headline(po)
+    mcq = (summary.get("served_profiles") or {}).get("mcq")
+    if mcq is not None:
+        notes["mcq served with"] = knobs_text(mcq)
     sections = [prompt_section(po)] if po is not None else []
     page = render_html(
         "mllm-calib demo: calibration before/after", rows, tasks, figures, notes, sections
@@ -325,6 +350,8 @@ def _write_outputs(
     if po is not None:
         console.print(prompt_table(po))
     console.print(summary_table(summary))
+    if mcq is not None:
+        console.print(f"mcq served with {knobs_text(mcq)}")
     console.print(f"report: {out / 'report.html'}")
     console.print(f"summary: {out / 'summary.json'}")
     console.print(f"figures: {', '.join(str(out / (f.name + '.png')) for f in figures)}")
