@@ -60,6 +60,8 @@ def job_items(items: list[DemoItem], limit: int) -> list[dict[str, Any]]:
             "answer": item.gold,
             "idk_option": item.idk_option,
             "answerable": item.answerable,
+            # replayed with the guided choices it is served with (`structured_outputs`)
+            **({"extra_body": item.extra_body} if item.extra_body else {}),
         }
         for item in chosen
     ]

@@ -94,6 +94,13 @@ def test_a_winning_prompt_is_activated_recorded_and_served(gw, double) -> None:
     assert po["heldout"]["active"]["accuracy"] < 1.0 and po["active_prompt"] is None
     assert po["items"]["search"] + po["items"]["heldout"] == len(ITEMS)
 
+    # Replayed with the guided choices the demo serves mcq with.
+    replayed = [r.json for r in double.requests if "\nA:" in r.json.get("prompt", "")]
+    assert replayed
+    for body in replayed:
+        item = GOLD[body["prompt"].rsplit("Q: ", 1)[1]]
+        assert body["structured_outputs"] == item.extra_body["structured_outputs"]
+
     # The winner is what the gateway now puts in front of the demo's mcq prompts.
     item = ITEMS[0]
     with CalibClient(gw.url) as client:
@@ -127,3 +134,15 @@ def test_the_table_and_the_report_section_show_candidates_and_the_decision(gw, d
     rows = re.findall(r"<tr><td>", section)
     assert len(rows) == len(po["candidates"]) + 2
     assert "activated" in section
+
+
+def test_an_item_whose_extra_body_would_change_the_replay_is_refused(gw) -> None:
+    record = {**job_items(ITEMS, 1)[0], "extra_body": {"temperature": 1.0}}
+    with CalibClient(gw.url) as client:
+        response = client._http.post(
+            "/calibration/models/demo-d/prompt-optimizations",
+            json={"items": [record] * 4, "task": TASK},
+        )
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert "extra_body" in error["message"] and error["param"] == "items"
