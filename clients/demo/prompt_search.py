@@ -15,6 +15,7 @@ model whose chat prompts already carry their instruction.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,9 +106,16 @@ def summarize_job(job: dict[str, Any], seconds: float) -> dict[str, Any]:
 
 
 def run_prompt_search(
-    client: CalibClient, model: str, items: list[DemoItem], budget: SearchBudget | None = None
+    client: CalibClient,
+    model: str,
+    items: list[DemoItem],
+    budget: SearchBudget | None = None,
+    on_progress: Callable[[dict[str, Any]], None] = lambda progress: None,
 ) -> dict[str, Any]:
-    """Start the job on the mcq training items, wait for its decision, return its summary."""
+    """Start the job on the mcq training items, wait for its decision, return its summary.
+
+    ``on_progress`` gets the job's `progress` object (phase, evaluations, planned) at each poll.
+    """
     budget = budget or SearchBudget()
     started = time.perf_counter()
     job = client.optimize_prompt(
@@ -128,6 +136,7 @@ def run_prompt_search(
             break
         time.sleep(budget.poll_s)
         job = client.prompt_optimization(job["id"])
+        on_progress(job.get("progress") or {})
     return summarize_job(job, time.perf_counter() - started)
 
 

@@ -174,12 +174,18 @@ def run_loop(options: DemoOptions, gateway_url: str, console: Console) -> dict[s
     )
     prompt_optimization = None
     if options.prompt_search and "mcq" in options.tasks:
-        with CalibClient(gateway_url, options.api_key) as client:
+        with CalibClient(gateway_url, options.api_key) as client, _progress(console) as progress:
+            bar = progress.add_task("prompt search  ", total=options.prompt_budget + 2)
+
+            def show(state: dict[str, Any]) -> None:
+                done = state.get("evaluations", 0) + (2 if state.get("phase") == "done" else 0)
+                progress.update(bar, completed=done, total=state.get("planned_evaluations", 0) + 2)
+
             prompt_optimization = _timed(
                 options,
                 "prompt_search_s",
                 lambda: run_prompt_search(
-                    client, options.model, train, SearchBudget(budget=options.prompt_budget)
+                    client, options.model, train, SearchBudget(budget=options.prompt_budget), show
                 ),
             )
         console.print(headline(prompt_optimization))
