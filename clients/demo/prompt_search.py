@@ -48,6 +48,7 @@ class SearchBudget:
     holdout_fraction: float = 0.3
     timeout_s: float = 600.0
     poll_s: float = 1.0
+    resumes: int = 2  # a job that failed (e.g. an upstream timeout) continues where it stopped
 
 
 def job_items(items: list[DemoItem], limit: int) -> list[dict[str, Any]]:
@@ -101,6 +102,7 @@ def summarize_job(job: dict[str, Any], seconds: float) -> dict[str, Any]:
             "active": heldout.get("active"),
         },
         "items": job.get("items"),
+        "error": job.get("error"),
         "seconds": round(seconds, 2),
     }
 
@@ -113,6 +115,8 @@ def run_prompt_search(
     on_progress: Callable[[dict[str, Any]], None] = lambda progress: None,
 ) -> dict[str, Any]:
     """Start the job on the mcq training items, wait for its decision, return its summary.
+
+    A job that fails (an upstream error stops it) is resumed up to ``budget.resumes`` times.
 
     ``on_progress`` gets the job's `progress` object (phase, evaluations, planned) at each poll.
     """
@@ -130,7 +134,14 @@ def run_prompt_search(
         holdout_fraction=budget.holdout_fraction,
     )
     deadline = started + budget.timeout_s
-    while job["status"] not in ("succeeded", "rejected", "failed"):
+    resumes = budget.resumes
+    while job["status"] not in ("succeeded", "rejected", "failed") or (
+        job["status"] == "failed" and resumes > 0
+    ):
+        if job["status"] == "failed":
+            resumes -= 1
+            job = client.resume_prompt_optimization(job["id"])
+            continue
         if time.perf_counter() > deadline:
             job = {**job, "status": "timeout", "error": f"no decision in {budget.timeout_s} s"}
             break
@@ -153,7 +164,9 @@ def comparison_rows(po: dict[str, Any]) -> list[tuple[str, list[Any]]]:
         for c in po["candidates"]
     ]
     for key, label in (("best", "held-out: best"), ("active", "held-out: in use")):
-        value = po["heldout"].get(key) or {}
+        value = po["heldout"].get(key)
+        if value is None:  # the search did not get that far (headline() says why)
+            continue
         prompt = po["best_prompt"] if key == "best" else po["active_prompt"]
         rows.append(
             (

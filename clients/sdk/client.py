@@ -132,6 +132,10 @@ class CalibClient:
         """A prompt-optimization job's status, history and result."""
         return self._json(api.prompt_optimization_status_call(job_id))
 
+    def resume_prompt_optimization(self, job_id: str) -> Any:
+        """Continue a failed job where it stopped (no candidate is evaluated twice)."""
+        return self._json(api.prompt_optimization_resume_call(job_id))
+
 
 class AsyncCalibClient:
     """Async client (asyncio). Use as an async context manager, or `await aclose()`."""
@@ -231,3 +235,6 @@ class AsyncCalibClient:
 
     async def prompt_optimization(self, job_id: str) -> Any:
         return await self._json(api.prompt_optimization_status_call(job_id))
+
+    async def resume_prompt_optimization(self, job_id: str) -> Any:
+        return await self._json(api.prompt_optimization_resume_call(job_id))

@@ -123,6 +123,10 @@ def prompt_optimization_status_call(job_id: str) -> Call:
     return Call("GET", f"/calibration/prompt-optimizations/{quote(job_id, safe='')}")
 
 
+def prompt_optimization_resume_call(job_id: str) -> Call:
+    return Call("POST", f"/calibration/prompt-optimizations/{quote(job_id, safe='')}/resume")
+
+
 def decode(response: httpx.Response) -> Any:
     """The JSON body of a successful response, or raise the typed error for a failed one."""
     try:

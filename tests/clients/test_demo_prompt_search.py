@@ -20,6 +20,7 @@ from clients.demo.prompt_search import (
     SEEDS,
     TASK,
     SearchBudget,
+    comparison_rows,
     job_items,
     prompt_section,
     prompt_table,
@@ -146,3 +147,33 @@ def test_an_item_whose_extra_body_would_change_the_replay_is_refused(gw) -> None
     assert response.status_code == 422
     error = response.json()["error"]
     assert "extra_body" in error["message"] and error["param"] == "items"
+
+
+def test_a_job_stopped_by_an_upstream_error_is_resumed_and_decides(gw, double) -> None:
+    calls = {"n": 0}
+    answer = fake_model(listens=True)
+
+    def flaky(path: str, body: dict) -> JSONReply:
+        calls["n"] += 1
+        if calls["n"] == 30:  # one failed request stops the job (as a timeout would)
+            return JSONReply({"error": {"message": "engine overloaded"}}, 500)
+        return answer(path, body)
+
+    double.reply = flaky
+    with CalibClient(gw.url) as client:
+        po = run_prompt_search(client, "demo-e", ITEMS, SearchBudget(budget=4, poll_s=0.05))
+    assert calls["n"] > 30
+    assert po["status"] == "succeeded" and po["decision"] == "activated", po
+    assert po["error"] is None
+
+
+def test_a_job_that_keeps_failing_is_reported_as_not_activated(gw, double) -> None:
+    double.reply = lambda path, body: JSONReply({"error": {"message": "down"}}, 500)
+    with CalibClient(gw.url) as client:
+        po = run_prompt_search(
+            client, "demo-f", ITEMS, SearchBudget(budget=3, poll_s=0.05, resumes=1)
+        )
+    assert po["status"] == "failed" and po["decision"] == "rejected"
+    assert "did not finish" in po["reason"] and "500" in po["error"]
+    assert po["candidates"] == [] and po["heldout"] == {"best": None, "active": None}
+    assert comparison_rows(po) == []
