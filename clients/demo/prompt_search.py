@@ -93,6 +93,7 @@ def summarize_job(job: dict[str, Any], seconds: float) -> dict[str, Any]:
                 "prompt": c["prompt"],
                 "accuracy": c["accuracy"],
                 "ece": c["ece"],
+                "n": c["n"],
                 "round": c["round"],
             }
             for c in job.get("history") or []
@@ -160,7 +161,7 @@ def _short(prompt: str | None, width: int = 70) -> str:
 def comparison_rows(po: dict[str, Any]) -> list[tuple[str, list[Any]]]:
     """(label, [accuracy, ECE, n]) for each candidate of the search and the held-out pair."""
     rows: list[tuple[str, list[Any]]] = [
-        (f"search r{c['round']}: {_short(c['prompt'])}", [c["accuracy"], c["ece"], None])
+        (f"search r{c['round']}: {_short(c['prompt'])}", [c["accuracy"], c["ece"], c.get("n")])
         for c in po["candidates"]
     ]
     for key, label in (("best", "held-out: best"), ("active", "held-out: in use")):
