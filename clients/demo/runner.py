@@ -36,7 +36,7 @@ from clients.report import (
     render_html,
     risk_coverage_plot,
 )
-from clients.sdk import CalibClient
+from clients.sdk import CalibClient, NotFoundError
 
 from .evaluate import arrays, task_summary
 from .loop import Answered, ask_all, post_feedback
@@ -235,7 +235,10 @@ def run_loop(options: DemoOptions, gateway_url: str, console: Console) -> dict[s
 def _served(client: CalibClient, model: str, task: str) -> dict[str, Any] | None:
     """The knobs the held-out part was answered with: the active profile's system prompt,
     calibrator and threshold (None when the task has no active profile)."""
-    active = client.profile(model, task).get("active")
+    try:
+        active = client.profile(model, task).get("active")
+    except NotFoundError:  # no version stored yet (e.g. too few labels to refit)
+        return None
     if not active:
         return None
     return {

@@ -177,3 +177,15 @@ def test_a_job_that_keeps_failing_is_reported_as_not_activated(gw, double) -> No
     assert "did not finish" in po["reason"] and "500" in po["error"]
     assert po["candidates"] == [] and po["heldout"] == {"best": None, "active": None}
     assert comparison_rows(po) == []
+
+
+def test_the_served_knobs_of_a_task_without_a_profile_are_none(gw, double) -> None:
+    from clients.demo.runner import _served
+
+    double.reply = fake_model(listens=True)
+    with CalibClient(gw.url) as client:
+        assert _served(client, "never-refit", TASK) is None
+        run_prompt_search(client, "demo-g", ITEMS, SearchBudget(budget=3, poll_s=0.05))
+        served = _served(client, "demo-g", TASK)
+    assert served is not None and served["system_prompt"] == SEEDS[2]
+    assert served["method"] == "none" and served["version"] == 1
