@@ -33,7 +33,15 @@ from .prompt_search import (
     rank_key,
     search_prompts,
 )
-from .scoring import OptionScore, SequenceScore, normalize_token, score_options, score_sequence
+from .scoring import (
+    SEQUENCE_FEATURE_SETS,
+    SEQUENCE_SIGNALS,
+    OptionScore,
+    SequenceScore,
+    normalize_token,
+    score_options,
+    score_sequence,
+)
 from .shift import (
     IMAGE_EMBEDDING_DIM,
     TEXT_EMBEDDING_DIM,
@@ -67,6 +75,8 @@ __all__ = [
     "METHODS",
     "MODES",
     "SCORINGS",
+    "SEQUENCE_FEATURE_SETS",
+    "SEQUENCE_SIGNALS",
     "TEXT_EMBEDDING_DIM",
     "AbstainPolicy",
     "AbstainReason",

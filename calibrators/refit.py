@@ -198,6 +198,40 @@ def _fit_candidates(data: LabeledSet, policy: RefitPolicy) -> dict[str, Any]:
     return candidates
 
 
+def _item_losses(calibrator: Any, data: LabeledSet) -> np.ndarray:
+    """Per-item binary log loss of the answer's confidence (what the NLL averages)."""
+    p = np.clip(_top_label_conf(calibrator, data), 1e-12, 1.0 - 1e-12)
+    return np.asarray(-(data.correct * np.log(p) + (1.0 - data.correct) * np.log1p(-p)))
+
+
+def _select(
+    candidates: dict[str, Any], scored: dict[str, float], data: LabeledSet
+) -> tuple[str, dict[str, Any] | None]:
+    """The candidate with the lowest held-out NLL, unless it is a logistic map that beats the
+    best single-signal method (Platt, isotonic, temperature) by no more than one standard error
+    of the paired per-item loss difference: then that simpler method.
+
+    Why: with several logistic candidates, one of them beats the simpler map on a finite
+    hold-out by chance about half the time even when its extra signals carry nothing (it nests
+    Platt); the one-standard-error rule keeps the simpler model unless the gain is visible.
+    Returns the name and, when the rule overrode the plain minimum, what it compared.
+    """
+    best = min(scored, key=scored.__getitem__)
+    if not best.startswith("logistic:"):
+        return best, None
+    simple = [name for name in scored if not name.startswith("logistic:")]
+    if not simple:
+        return best, None
+    base = min(simple, key=scored.__getitem__)
+    diff = _item_losses(candidates[base], data) - _item_losses(candidates[best], data)
+    if diff.size < 2 or not np.all(np.isfinite(diff)):
+        return best, None
+    se = float(diff.std(ddof=1) / math.sqrt(diff.size))
+    if float(diff.mean()) > se:
+        return best, None
+    return base, {"rule": "one_se", "best_nll": best, "gain": float(diff.mean()), "se": se}
+
+
 def _method_of(calibrator: Any) -> Method:
     kind: Method = calibrator.to_dict()["type"]
     return kind
@@ -278,7 +312,7 @@ def refit_profile(
         isinstance(cal, FeatureLogistic) for cal in [*candidates.values(), champion]
     )
     scored = {name: _heldout_nll(cal, test_part, binary=binary) for name, cal in candidates.items()}
-    best = min(scored, key=scored.__getitem__)
+    best, selection = _select(candidates, scored, test_part)
     challenger = candidates[best]
     method = _method_of(challenger)
     champion_nll = _heldout_nll(champion, test_part, binary=binary)
@@ -302,6 +336,7 @@ def refit_profile(
             "heldout_nll": {"challenger": scored[best], "champion": champion_nll, **scored},
             "nll_criterion": "binary" if binary else "labels",
             "chosen": best,
+            **({"selection": selection} if selection else {}),
             "coverage": choice.coverage,
             "selective_risk": choice.risk,
             "n_fit": len(fit_part),
@@ -326,14 +361,20 @@ def refit_profile(
         notes=None,
         conformal=conformal,
     )
+    kept = (
+        f" ({selection['best_nll']} held-out NLL {scored[selection['best_nll']]:.4f} is not "
+        f"better by more than one standard error, {selection['se']:.4f})"
+        if selection
+        else ""
+    )
     if scored[best] <= champion_nll + 1e-12:
         reason = (
             f"{best} held-out NLL {scored[best]:.4f} <= active {champion_nll:.4f} "
-            f"on {len(test_part)} held-out labels"
+            f"on {len(test_part)} held-out labels{kept}"
         )
         return RefitResult(candidate, True, reason, metrics)
     reason = (
         f"{best} held-out NLL {scored[best]:.4f} worse than active {champion_nll:.4f} "
-        f"on {len(test_part)} held-out labels; active profile kept"
+        f"on {len(test_part)} held-out labels{kept}; active profile kept"
     )
     return RefitResult(candidate, False, reason, metrics)

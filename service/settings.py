@@ -18,6 +18,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from calibrators.scoring import SEQUENCE_FEATURE_SETS
 from calibrators.vocab import AbstainPolicy, Mode, Scoring
 
 SystemPromptPolicy = Literal["prepend", "replace", "off"]
@@ -258,7 +259,7 @@ class Settings(BaseSettings):
         None, ge=0, le=1, description="Threshold method `coverage`: fraction to answer."
     )
     refit_feature_sets: tuple[tuple[str, ...], ...] = Field(
-        (("confidence_logit", "visual_reliance"),),
+        (*SEQUENCE_FEATURE_SETS, ("confidence_logit", "visual_reliance")),
         description=(
             "Multi-feature logistic candidates of a refit, each a list of feature names "
             "(`confidence_logit` or a recorded signal); fitted when the labels carry the signals."

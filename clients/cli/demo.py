@@ -30,12 +30,21 @@ def demo(
         0.3, "--target-risk", min=0.01, max=0.99, help="Selective risk α the threshold targets."
     ),
     concurrency: int = typer.Option(8, "--concurrency", min=1, max=256),
+    prompt_search: bool = typer.Option(
+        True,
+        "--prompt-search/--no-prompt-search",
+        help="First search the mcq system prompt on the training part (prompt-optimization job).",
+    ),
+    prompt_budget: int = typer.Option(
+        5, "--prompt-budget", min=1, max=50, help="Candidate prompts the search may evaluate."
+    ),
 ) -> None:
     """Run the calibration loop on real questions and show raw vs calibrated quality.
 
-    Starts (or reuses) the embedded vLLM engine and a gateway, answers a training part, posts
-    the gold labels, refits, answers a held-out part, then prints the before/after table and
-    writes summary.json, report.html and figures to --out.
+    Starts (or reuses) the embedded vLLM engine and a gateway, searches the mcq system prompt on
+    the training part, answers the training part, posts the gold labels, refits, answers a
+    held-out part, then prints the before/after table and writes summary.json, report.html and
+    figures to --out.
 
     Examples:
 
@@ -60,6 +69,8 @@ def demo(
         target_risk=target_risk,
         concurrency=concurrency,
         keep=keep,
+        prompt_search=prompt_search,
+        prompt_budget=prompt_budget,
     )
     try:
         run_demo(options)

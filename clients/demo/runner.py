@@ -2,10 +2,14 @@
 
 1. start (or reuse) the embedded engines (Gemma for text, the tiny VLM for images) and a gateway
    on SQLite in the output folder that routes each model to its engine;
-2. answer the training part through the gateway (identity profile: raw = calibrated);
-3. post the gold labels as feedback and refit each task (champion/challenger, LTT threshold);
-4. answer the held-out part with the new profiles;
-5. print the before/after table, write summary.json, report.html and the figures.
+2. search the mcq system prompt on the mcq training items (the gateway's prompt-optimization
+   job, small budget; `prompt_search.py`): a winner on the job's held-out split becomes the
+   profile's system prompt, so everything after is answered with it;
+3. answer the training part through the gateway (raw = calibrated: no calibrator yet);
+4. post the gold labels as feedback and refit each task (champion/challenger, LTT threshold):
+   temperature and threshold are fitted for the prompt in use;
+5. answer the held-out part with the new profiles (all three knobs);
+6. print the before/after table, write summary.json, report.html and the figures.
 """
 
 from __future__ import annotations
@@ -32,10 +36,18 @@ from clients.report import (
     render_html,
     risk_coverage_plot,
 )
-from clients.sdk import CalibClient
+from clients.sdk import CalibClient, NotFoundError
 
 from .evaluate import arrays, task_summary
 from .loop import Answered, ask_all, post_feedback
+from .prompt_search import (
+    SearchBudget,
+    headline,
+    knobs_text,
+    prompt_section,
+    prompt_table,
+    run_prompt_search,
+)
 from .questions import DemoItem, demo_items, split, vision_items
 from .stack import Stack
 
@@ -77,6 +89,9 @@ class DemoOptions:
     delta: float = 0.1
     concurrency: int = 8
     keep: bool = False
+    prompt_search: bool = True
+    """Search the mcq system prompt on the training part first (the third knob)."""
+    prompt_budget: int = 5
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -157,6 +172,23 @@ def run_loop(options: DemoOptions, gateway_url: str, console: Console) -> dict[s
         + (", vision = image questions to the tiny VLM" if options.vision else "")
         + ")"
     )
+    prompt_optimization = None
+    if options.prompt_search and "mcq" in options.tasks:
+        with CalibClient(gateway_url, options.api_key) as client, _progress(console) as progress:
+            bar = progress.add_task("prompt search  ", total=options.prompt_budget + 2)
+
+            def show(state: dict[str, Any]) -> None:
+                done = state.get("evaluations", 0) + (2 if state.get("phase") == "done" else 0)
+                progress.update(bar, completed=done, total=state.get("planned_evaluations", 0) + 2)
+
+            prompt_optimization = _timed(
+                options,
+                "prompt_search_s",
+                lambda: run_prompt_search(
+                    client, options.model, train, SearchBudget(budget=options.prompt_budget), show
+                ),
+            )
+        console.print(headline(prompt_optimization))
     trained = _timed(
         options,
         "answer_training_s",
@@ -179,6 +211,8 @@ def run_loop(options: DemoOptions, gateway_url: str, console: Console) -> dict[s
         lambda: _ask(options, gateway_url, test, console, "held-out part "),
     )
     by_task = {task: [a for a in held_out if a.item.task == task] for task in options.tasks}
+    with CalibClient(gateway_url, options.api_key) as client:
+        served = {task: _served(client, options.model_of(task), task) for task in options.tasks}
     summary = {
         "model": options.model,
         "models": {task: options.model_of(task) for task in options.tasks},
@@ -189,10 +223,28 @@ def run_loop(options: DemoOptions, gateway_url: str, console: Console) -> dict[s
             for task, answers in by_task.items()
         },
         "refits": refits,
+        "served_profiles": served,
         "settings": {"target_risk": options.target_risk, "delta": options.delta},
     }
+    if prompt_optimization is not None:
+        summary["prompt_optimization"] = prompt_optimization
     _write_outputs(options, summary, by_task, console)
     return summary
+
+
+def _served(client: CalibClient, model: str, task: str) -> dict[str, Any] | None:
+    """The knobs the held-out part was answered with: the active profile's system prompt,
+    calibrator and threshold (None when the task has no active profile)."""
+    try:
+        active = client.profile(model, task).get("active")
+    except NotFoundError:  # no version stored yet (e.g. too few labels to refit)
+        return None
+    if not active:
+        return None
+    return {
+        key: active.get(key)
+        for key in ("version", "system_prompt", "method", "temperature", "threshold")
+    }
 
 
 def _outcome_text(outcome: dict[str, Any]) -> str:
@@ -276,7 +328,16 @@ def _write_outputs(
         "labels posted": str(summary["counts"]["labels_posted"]),
         "risk target": f"α = {options.target_risk}, δ = {options.delta} (Learn-Then-Test)",
     }
-    page = render_html("mllm-calib demo: calibration before/after", rows, tasks, figures, notes)
+    po = summary.get("prompt_optimization")
+    if po is not None:
+        notes["system prompt search (mcq)"] = headline(po)
+    mcq = (summary.get("served_profiles") or {}).get("mcq")
+    if mcq is not None:
+        notes["mcq served with"] = knobs_text(mcq)
+    sections = [prompt_section(po)] if po is not None else []
+    page = render_html(
+        "mllm-calib demo: calibration before/after", rows, tasks, figures, notes, sections
+    )
     (out / "report.html").write_text(page, encoding="utf-8")
     answers = [
         {
@@ -295,7 +356,11 @@ def _write_outputs(
     (out / "held_out_answers.jsonl").write_text(
         "".join(json.dumps(a) + "\n" for a in answers), encoding="utf-8"
     )
+    if po is not None:
+        console.print(prompt_table(po))
     console.print(summary_table(summary))
+    if mcq is not None:
+        console.print(f"mcq served with {knobs_text(mcq)}")
     console.print(f"report: {out / 'report.html'}")
     console.print(f"summary: {out / 'summary.json'}")
     console.print(f"figures: {', '.join(str(out / (f.name + '.png')) for f in figures)}")

@@ -124,6 +124,18 @@ class CalibClient:
     def reliability(self, model: str, task: str | None = None) -> Any:
         return self._json(api.reliability_call(model, task))
 
+    def optimize_prompt(self, model: str, **params: Any) -> Any:
+        """Start a prompt-optimization job (docs/prompt-optimization.md); 202 + its state."""
+        return self._json(api.prompt_optimization_call(model, **params))
+
+    def prompt_optimization(self, job_id: str) -> Any:
+        """A prompt-optimization job's status, history and result."""
+        return self._json(api.prompt_optimization_status_call(job_id))
+
+    def resume_prompt_optimization(self, job_id: str) -> Any:
+        """Continue a failed job where it stopped (no candidate is evaluated twice)."""
+        return self._json(api.prompt_optimization_resume_call(job_id))
+
 
 class AsyncCalibClient:
     """Async client (asyncio). Use as an async context manager, or `await aclose()`."""
@@ -217,3 +229,12 @@ class AsyncCalibClient:
 
     async def reliability(self, model: str, task: str | None = None) -> Any:
         return await self._json(api.reliability_call(model, task))
+
+    async def optimize_prompt(self, model: str, **params: Any) -> Any:
+        return await self._json(api.prompt_optimization_call(model, **params))
+
+    async def prompt_optimization(self, job_id: str) -> Any:
+        return await self._json(api.prompt_optimization_status_call(job_id))
+
+    async def resume_prompt_optimization(self, job_id: str) -> Any:
+        return await self._json(api.prompt_optimization_resume_call(job_id))

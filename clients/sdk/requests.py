@@ -114,6 +114,19 @@ def reliability_call(model: str, task: str | None = None) -> Call:
     return Call("GET", _model_path(model, "/reliability"), params={"task": task} if task else None)
 
 
+def prompt_optimization_call(model: str, **params: Any) -> Call:
+    """Start a prompt-optimization job: `items` (or `from_feedback`), `task`, `budget`, ..."""
+    return Call("POST", _model_path(model, "/prompt-optimizations"), json=params)
+
+
+def prompt_optimization_status_call(job_id: str) -> Call:
+    return Call("GET", f"/calibration/prompt-optimizations/{quote(job_id, safe='')}")
+
+
+def prompt_optimization_resume_call(job_id: str) -> Call:
+    return Call("POST", f"/calibration/prompt-optimizations/{quote(job_id, safe='')}/resume")
+
+
 def decode(response: httpx.Response) -> Any:
     """The JSON body of a successful response, or raise the typed error for a failed one."""
     try:

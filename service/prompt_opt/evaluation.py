@@ -12,7 +12,7 @@ system prompt (same `service.proxy` functions, same policy):
 * items with ``add_idk`` get the IDK choice shown the gateway's way (`service.proxy`).
 
 Requests are greedy (`temperature: 0`), short (`max_tokens: 8`, stop at a newline) and ask for
-the top-20 logprobs;
+the top-20 logprobs; an item's `extra_body` (e.g. vLLM's `structured_outputs`) is sent as given;
 the answer's option distribution comes from `calibrators.score_options`. An item is correct when
 the chosen option is the labeled one; its confidence is the chosen option's probability (T = 1).
 An answer that names no option counts as wrong with confidence 0. Accuracy and 10-bin ECE
@@ -116,6 +116,7 @@ class Replayer:
                 "max_tokens": MAX_TOKENS,
                 "temperature": 0.0,
                 **self._extra,
+                **(item.extra_body or {}),
             }
         text: Any = item.prompt
         if item.add_idk and idk_label:
@@ -129,6 +130,7 @@ class Replayer:
             "temperature": 0.0,
             "stop": ["\n"],
             **self._extra,
+            **(item.extra_body or {}),
         }
 
     async def one(self, item: LabeledItem, prompt: str | None) -> ItemResult:

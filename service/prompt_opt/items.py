@@ -37,6 +37,9 @@ class LabeledItem:
     add_idk: bool = False  # the gateway adds the IDK choice (`idk_option` is then its label)
     idk_text: str | None = None
     answerable: bool = True
+    #: Request fields the client sent besides the prompt (e.g. vLLM's `structured_outputs`),
+    #: replayed as given: a prompt is judged under the decoding it will be served with.
+    extra_body: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):
@@ -82,7 +85,26 @@ def item_from_record(record: dict[str, Any], index: int) -> LabeledItem | None:
         add_idk=add_idk,
         idk_text=record.get("idk_text") or ("I don't know" if add_idk else None),
         answerable=bool(answerable) if answerable is not None else record.get("answer") != idk,
+        extra_body=_extra_body(record.get("extra_body")),
     )
+
+
+# The fields the replay itself sets: an item's `extra_body` cannot change what is measured.
+_REPLAY_FIELDS = frozenset(
+    {"model", "prompt", "messages", "logprobs", "top_logprobs", "max_tokens", "temperature"}
+    | {"stream", "n", "calibration"}
+)
+
+
+def _extra_body(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError("`extra_body` must be an object")
+    clash = sorted(_REPLAY_FIELDS & set(value))
+    if clash:
+        raise ValueError(f"`extra_body` may not set {clash}")
+    return dict(value)
 
 
 def read_items(path: Path) -> list[LabeledItem]:

@@ -207,6 +207,9 @@ def calibrate_choice(
         score = score_sequence(logprobs)
         if score.n_tokens == 0:
             return _empty(plan, profile, EMPTY_ANSWER)
+        # The answer's own signals (first-token, min-token, joint probability, ...) for refits
+        # that choose among them; signals the caller passed win on a name clash.
+        signals = {**score.signals(), **(signals or {})}
 
     calibrated = apply_profile(profile, score, threshold=plan.threshold, signals=signals)
     confidence = _finite(calibrated.confidence)

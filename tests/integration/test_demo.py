@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from calibrators import Evaluation, better
 from clients.demo.runner import ROWS, TASKS, DemoOptions, run_demo
 from tests.browser import file_url, inspect_page
 
@@ -90,3 +91,28 @@ def test_report_renders_in_a_real_browser_with_all_figures(demo_run) -> None:
     for task in TASKS:
         assert (out / f"reliability_{task}.png").stat().st_size > 0
         assert (out / f"reliability_{task}.svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_the_prompt_search_decides_on_held_out_items_and_its_winner_is_served(demo_run) -> None:
+    out, summary = demo_run
+    po = json.loads((out / "summary.json").read_text())["prompt_optimization"]
+    assert po["task"] == "mcq" and po["status"] in ("succeeded", "rejected"), po
+    assert po["decision"] == ("activated" if po["status"] == "succeeded" else "rejected")
+    assert po["candidates"] and len(po["candidates"]) <= 5
+    for c in po["candidates"]:
+        assert 0.0 <= c["accuracy"] <= 1.0 and 0.0 <= c["ece"] <= 1.0
+    for side in ("best", "active"):
+        assert po["heldout"][side]["n"] == po["items"]["heldout"] > 0
+    served = summary["served_profiles"]["mcq"]
+    if po["decision"] == "activated":
+        assert served["system_prompt"] == po["best_prompt"]
+        best, active = po["heldout"]["best"], po["heldout"]["active"]
+        assert better(
+            Evaluation(best["accuracy"], best["ece"], best["n"]),
+            Evaluation(active["accuracy"], active["ece"], active["n"]),
+        )
+    else:
+        assert served is None or not served["system_prompt"]
+    assert "prompt_search_s" in summary["timings_s"]
+    page = (out / "report.html").read_text()
+    assert 'id="prompt-optimization"' in page and po["decision"] in page

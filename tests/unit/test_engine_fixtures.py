@@ -194,8 +194,11 @@ def test_recorded_multi_token_answer_is_the_sum_along_its_tokens() -> None:
     assert choice["logprobs"]["tokens"][:2] == [" Buenos", " Aires"]
     assert score.answer == "Buenos Aires"
     assert score.position == 0
-    # The path " Buenos" " Aires", plus " aires" (case folded) where the path could have gone.
-    expected = np.logaddexp(lps[0] + lps[1], lps[0] + tops[1][" aires"])
+    # The path " Buenos" " Aires", plus every other listed token that spells it on where the
+    # path could have gone: " aires" (case folded) completes it, " A", " Aire" and "-" (read as
+    # a space) start the rest.
+    others = [tops[1][t] for t in (" aires", " A", " Aire", "-")]
+    expected = np.logaddexp.reduce([lps[0] + lps[1], *(lps[0] + lp for lp in others)])
     assert score.option_logprobs[1] == pytest.approx(expected)
     assert score.option_logprobs[2] == pytest.approx(tops[0][" Montevideo"])
     # " A" is the only listed token that can start "Asunción": its own token where it departs.
@@ -278,15 +281,14 @@ def test_recorded_shared_prefix_is_read_where_the_options_depart() -> None:
     assert logprobs["tokens"][:2] == [" New", " York"]
     score = score_options(logprobs, case["options"])
     lps, tops = logprobs["token_logprobs"], logprobs["top_logprobs"]
-    # The path, plus the other spellings listed where it could have gone (" york", not "York").
-    spellings = [lp for t, lp in tops[1].items() if ("New" + t).casefold() == "new york"]
-    assert len(spellings) == 2
-    assert score.option_logprobs[0] == pytest.approx(np.logaddexp.reduce([lps[0] + lp for lp in
-                                                                           spellings]))  # fmt: skip
-    # New Delhi and New Orleans share " New" with the path and depart at the second token:
-    # " Orleans" is listed; " Delhi" is not, so the longest listed start of it stands in (here
-    # "-": hyphens read as spaces).
-    assert score.option_logprobs[2] == pytest.approx(lps[0] + tops[1][" Orleans"])
-    starts = [t for t in tops[1] if "new delhi".startswith(("New" + t.replace("-", " ")).lower())]
-    own = max(starts, key=lambda t: len(t.strip()))
-    assert score.option_logprobs[1] == pytest.approx(lps[0] + tops[1][own])
+    # Every listed token at the second position spells one or more of the options on ("York"
+    # does not: "NewYork"). "-" reads as a space, so it starts all three and is split three ways.
+    t1 = tops[1]
+    dash = lps[0] + t1["-"] - np.log(3)
+    new_york = [lps[0] + lps[1], *(lps[0] + t1[t] for t in (" york", " Y", " Yor")), dash]
+    assert score.option_logprobs[0] == pytest.approx(np.logaddexp.reduce(new_york))
+    new_orleans = [*(lps[0] + t1[t] for t in (" Orleans", " Or", " or")), dash]
+    assert score.option_logprobs[2] == pytest.approx(np.logaddexp.reduce(new_orleans))
+    # " Delhi" and its starts are not listed: only the shared "-".
+    assert score.option_logprobs[1] == pytest.approx(dash)
+    assert score.truncated == (True, True, True)

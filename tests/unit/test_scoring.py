@@ -234,12 +234,29 @@ def test_a_shared_first_token_is_followed_to_where_the_options_depart() -> None:
     assert score.truncated == (False, False, False)
 
 
-def test_the_longest_listed_piece_is_an_options_own_token() -> None:
+def test_a_listed_start_shared_by_two_options_is_split_between_them() -> None:
     content = [chat_step(" Burundi", -0.7, {" Burundi": -0.7, " Bur": -0.9, " Mali": -1.0})]
     score = score_options(content, ["Burundi", "Mali", "Burkina Faso"])
     assert score.answer == "Burundi"
-    # " Bur" is the longest listed start of Burkina Faso: its own token where it departs.
-    assert score.option_logprobs == pytest.approx((-0.7, -1.0, -0.9))
+    # " Bur" starts both Burundi and Burkina Faso (disjoint from " Burundi"): half to each.
+    half = -0.9 - math.log(2)
+    assert score.option_logprobs == pytest.approx((np.logaddexp(-0.7, half), -1.0, half))
+    assert score.truncated == (True, False, True)
+
+
+def test_every_listed_prefix_of_a_departing_option_adds_to_it() -> None:
+    # Guided decoding lists only the options' prefixes, each with its (renormalized) mass.
+    content = [
+        chat_step(
+            " M", -1.11, {" M": -1.11, " Mb": -1.49, " N": -2.36, " Ni": -6.99, " Nia": -16.45}
+        ),
+        chat_step("babane", -0.05, {"babane": -0.05}),
+    ]
+    score = score_options(content, ["Mbabane", "Niamey"])
+    assert score.answer == "Mbabane"
+    niamey = float(np.logaddexp.reduce([-2.36, -6.99, -16.45]))
+    mbabane = float(np.logaddexp(-1.11 - 0.05, -1.49))
+    assert score.option_logprobs == pytest.approx((mbabane, niamey))
     assert not any(score.truncated)
 
 
