@@ -645,6 +645,13 @@ def _likelihood_logprobs(
     return tuple(out)
 
 
+#: vLLM writes a masked token's logprob (-inf: a token guided decoding forbids) as -9999.0 in
+#: JSON. An option whose only evidence is such a token has probability 0, not e^-9999: kept as a
+#: number, one labeled item naming it would drive a temperature fit to its upper bound (its NLL
+#: 9999 / T dominates every other item's).
+MASKED_LOGPROB = -9000.0
+
+
 def score_options(
     logprobs: Any, options: Sequence[str], *, likelihoods: Sequence[float] | None = None
 ) -> OptionScore:
@@ -673,6 +680,7 @@ def score_options(
             opts, scores, (False,) * len(opts), opts[i], i, match.position, "likelihood"
         )
     scores, truncated = _Walk(path, match.position, labels, i).run()
+    scores = tuple(-math.inf if lp <= MASKED_LOGPROB else lp for lp in scores)
     return OptionScore(opts, scores, truncated, opts[i], i, match.position)
 
 

@@ -43,6 +43,7 @@ import numpy as np
 
 from calibrators import MODES
 from calibrators.refit import LabeledSet
+from calibrators.scoring import MASKED_LOGPROB
 from service.memory_trim import malloc_trim
 from service.store import LabeledBatch, LabeledRow
 from service.store.features import ANSWER_INDEX_KEY, LOGPROBS_KEY
@@ -95,7 +96,8 @@ def _from_features(features: dict[str, Any]) -> tuple[list[float], int] | None:
     answer = features.get(ANSWER_INDEX_KEY)
     if not raw or answer is None or not 0 <= int(answer) < len(raw):
         return None
-    return [-math.inf if value is None else float(value) for value in raw], int(answer)
+    vector = [-math.inf if v is None or v <= MASKED_LOGPROB else float(v) for v in raw]
+    return vector, int(answer)
 
 
 class _Signals:
@@ -175,7 +177,9 @@ class _Options:
                 continue
             values = np.frombuffer(b"".join([blobs[k] for k in ks]), dtype="<f8")
             values = values.reshape(len(ks), size // 8)
-            values = np.where(np.isnan(values), -np.inf, values)  # NaN: a null log-prob
+            # NaN: a null log-prob; at or below MASKED_LOGPROB: vLLM's -inf (rows stored before
+            # the scorer mapped it)
+            values = np.where(np.isnan(values) | (values <= MASKED_LOGPROB), -np.inf, values)
             if len(ks) == n:
                 matrix[:, : size // 8] = values
             else:

@@ -306,3 +306,20 @@ def test_a_corrupt_packed_column_fails_loudly() -> None:
     )
     with pytest.raises(ValueError, match="12 bytes"):
         build_labeled_set([batch])
+
+
+def test_stored_vllm_masked_logprobs_are_impossible_options() -> None:
+    """Rows recorded before the scorer mapped vLLM's -9999 to -inf: the packer does it, so a
+    label naming such an option counts through `correct` only (it cannot drive a fit)."""
+    from datetime import UTC, datetime
+
+    from service.refit.dataset import build_labeled_set
+    from service.store import LabeledRow
+
+    now = datetime.now(UTC)
+    features = {"option_logprobs": [-0.1, -2.0, -9999.0], "answer_index": 0}
+    rows = [LabeledRow("a", "options", 0.9, features, False, 2, now)]
+    data, _ = build_labeled_set([rows])
+    assert data.option_logprobs is not None and data.labels is not None
+    assert data.option_logprobs[0, 2] == -np.inf
+    assert data.labels.tolist() == [-1]

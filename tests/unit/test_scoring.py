@@ -295,3 +295,11 @@ def test_without_a_top_k_list_absent_options_are_bounded_by_the_mass_left_over()
     score = score_options(content, ["A", "B"])
     assert score.option_logprobs == pytest.approx((math.log(0.3), math.log(0.7)))
     assert score.truncated == (True, False)
+
+
+def test_vllm_masked_logprob_means_impossible_not_a_very_small_number() -> None:
+    # Guided decoding: fewer allowed tokens than K, the rest listed at vLLM's -9999 (-inf).
+    content = [chat_step("A", -0.2, {"A": -0.2, "B": -1.7, "Hmm": -9999.0, "x": -9999.0})]
+    score = score_options(content, LETTERS)
+    assert score.option_logprobs[:2] == pytest.approx((-0.2, -1.7))
+    assert score.option_logprobs[2:] == (-math.inf, -math.inf)
