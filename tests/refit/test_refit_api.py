@@ -143,7 +143,10 @@ def test_sequence_mode_refits_platt_below_the_isotonic_bound(api, double):
     _sequence_round(api, double, "seq-small", 400, seed=7)
     outcome = refit(api, "seq-small", model="plain").json()
     assert outcome["status"] == "activated"
-    assert outcome["method"] == "platt"
+    # Platt, or a logistic map over a sequence signal: the truth here is raw³, the joint
+    # probability of the three equal tokens, so `joint_logit` may win by more than its standard
+    # error on some hold-out splits (the split hashes the response ids, random per run).
+    assert outcome["method"] in ("platt", "logistic")
     assert "isotonic" not in outcome["metrics"]["heldout_nll"]
     double.reply = JSONReply(chat_response(_sequence_steps(0.9), model="plain"))
     cal = api.post(
@@ -154,7 +157,7 @@ def test_sequence_mode_refits_platt_below_the_isotonic_bound(api, double):
             "calibration": {"task": "seq-small", "mode": "sequence"},
         },
     ).json()["calibration"]
-    assert cal["method"] == "platt" and cal["profile_version"] == outcome["version"]
+    assert cal["method"] == outcome["method"] and cal["profile_version"] == outcome["version"]
     assert cal["confidence"] < cal["raw_confidence"] == pytest.approx(0.9)
 
 
