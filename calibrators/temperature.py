@@ -72,6 +72,9 @@ def _targets(
     return rows_l, target[labeled], rows_w, chosen_arr[wrong]
 
 
+_CONFIDENCE_BLOCK = 65_536  # rows per block of `TemperatureScaler.confidence`
+
+
 class _Objective:
     """Sum of per-item NLLs as a function of beta = 1/T, with first and second derivatives.
 
@@ -98,62 +101,58 @@ class _Objective:
         self.n = int(rows_l.size + rows_w.size)
 
         sub = columns if rows_l.size == columns.shape[1] else columns.take(rows_l, axis=1)
-        self.d_l, self.dz_l = self._shift(sub)
+        self.d_l = self._shift(sub)
         self.dy_l = self.d_l[target, np.arange(rows_l.size)]
 
         sub = columns.take(rows_w, axis=1)
         own = sub[excluded, np.arange(rows_w.size)]
         sub[excluded, np.arange(rows_w.size)] = -np.inf
-        self.d_w, self.dz_w = self._shift(sub, own)
+        self.d_w = self._shift(sub, own)
         self.dc_w = own
 
     @staticmethod
-    def _shift(
-        columns: np.ndarray, also: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Subtract each item's max (in place on ``also``); return it and a finite copy."""
+    def _shift(columns: np.ndarray, also: np.ndarray | None = None) -> np.ndarray:
+        """Subtract each item's max (in place on ``also``)."""
         top = np.full(columns.shape[1], -np.inf)
         for column in columns:
             np.maximum(top, column, out=top)
         shifted = columns - top
         if also is not None:
             also -= top
-        finite = shifted.copy()
-        finite[np.isneginf(finite)] = 0.0
-        return shifted, finite
+        return np.asarray(shifted)
 
     def subsample(self, max_rows: int) -> _Objective:
         """A strided subset of the rows (deterministic), for the cheap starting-point scan."""
         out = object.__new__(_Objective)
         step_l = max(1, math.ceil(self.dy_l.size / max_rows))
         step_w = max(1, math.ceil(self.dc_w.size / max_rows))
-        out.d_l, out.dz_l, out.dy_l = (
-            self.d_l[:, ::step_l],
-            self.dz_l[:, ::step_l],
-            self.dy_l[::step_l],
-        )
-        out.d_w, out.dz_w, out.dc_w = (
-            self.d_w[:, ::step_w],
-            self.dz_w[:, ::step_w],
-            self.dc_w[::step_w],
-        )
+        out.d_l, out.dy_l = self.d_l[:, ::step_l], self.dy_l[::step_l]
+        out.d_w, out.dc_w = self.d_w[:, ::step_w], self.dc_w[::step_w]
         out.n = int(out.dy_l.size + out.dc_w.size)
         return out
 
     @staticmethod
-    def _moments(d: np.ndarray, dz: np.ndarray, beta: float) -> tuple[np.ndarray, ...]:
-        """Per item: sum of exp(beta*d), mean and variance of d under the scaled softmax."""
+    def _moments(d: np.ndarray, beta: float) -> tuple[np.ndarray, ...]:
+        """Per item: sum of exp(beta*d), mean and variance of d under the scaled softmax.
+
+        A padding option (-inf) weighs exp(-inf) = 0; its d is taken as 0 in the moments (0 *
+        -inf would be NaN), one option row at a time rather than as a second (k, n) copy: at a
+        million labels that copy was ~40 MB of the refit's peak memory.
+        """
         total = np.zeros(d.shape[1])
         first = np.zeros(d.shape[1])
         second = np.zeros(d.shape[1])
         e = np.empty(d.shape[1])
+        dz = np.empty(d.shape[1])
         for j in range(d.shape[0]):
             np.multiply(d[j], beta, out=e)
             np.exp(e, out=e)
             total += e
-            e *= dz[j]
+            np.copyto(dz, d[j])
+            dz[np.isneginf(dz)] = 0.0
+            e *= dz
             first += e
-            e *= dz[j]
+            e *= dz
             second += e
         first /= total
         second /= total
@@ -163,13 +162,13 @@ class _Objective:
     def __call__(self, beta: float) -> tuple[float, float, float]:
         f = g = h = 0.0
         if self.dy_l.size:
-            total, mean, var = self._moments(self.d_l, self.dz_l, beta)
+            total, mean, var = self._moments(self.d_l, beta)
             f += float(np.log(total).sum() - beta * self.dy_l.sum())
             g += float(mean.sum() - self.dy_l.sum())
             h += float(var.sum())
         if self.dc_w.size:
             # -log(1 - p_c) = softplus(x) with x = beta*d_c - lse_{j != c}(beta*d_j).
-            total, mean, var = self._moments(self.d_w, self.dz_w, beta)
+            total, mean, var = self._moments(self.d_w, beta)
             x = beta * self.dc_w - np.log(total)
             p = expit(x)
             gap = self.dc_w - mean
@@ -261,10 +260,25 @@ class TemperatureScaler:
         return np.asarray(exps / exps.sum(axis=1, keepdims=True))
 
     def confidence(self, option_logprobs: Any, chosen: Any) -> np.ndarray:
-        """Calibrated probability of the chosen option per row ``(n,)``."""
-        proba = self.predict_proba(option_logprobs)
+        """Calibrated probability of the chosen option per row ``(n,)``.
+
+        The same arithmetic as :meth:`predict_proba`, in blocks of rows: a refit asks for the
+        confidence of every labeled item (its drift reference), and the full ``(n, k)``
+        probability matrix plus its temporaries cost ~100 MB at a million labels.
+        """
+        temperature = self._check_fitted()
+        matrix = _as_logprob_matrix(option_logprobs)
         idx = np.asarray(chosen, dtype=np.int64).reshape(-1)
-        return proba[np.arange(proba.shape[0]), idx]
+        out = np.empty(matrix.shape[0])
+        for start in range(0, matrix.shape[0], _CONFIDENCE_BLOCK):
+            block = matrix[start : start + _CONFIDENCE_BLOCK] / temperature
+            block -= block.max(axis=1, keepdims=True)
+            np.exp(block, out=block)
+            rows = np.arange(block.shape[0])
+            out[start : start + block.shape[0]] = (
+                block[rows, idx[start : start + block.shape[0]]] / block.sum(axis=1)
+            )
+        return out
 
     def nll(
         self,
