@@ -7,6 +7,7 @@ Options mode: an overconfident model. Each item has logits ``z``; the engine rep
 
 from __future__ import annotations
 
+import itertools
 import json
 import uuid
 from dataclasses import dataclass
@@ -57,13 +58,22 @@ def option_items(n: int, true_t: float, seed: int, scale: float = 2.5) -> list[O
     ]
 
 
-def queue_reply(items: list[OptionItem]):  # type: ignore[no-untyped-def]
-    """An upstream-double reply answering successive requests with successive items."""
+#: Response ids per task: the refit splits fit/held-out by a hash of the id, so ids that change
+#: per run (the double's default has a clock in it) make a refit's outcome change per run too.
+_ID_COUNTERS: dict[str, itertools.count[int]] = {}
+
+
+def queue_reply(items: list[OptionItem], task: str = "default"):  # type: ignore[no-untyped-def]
+    """An upstream-double reply answering successive requests with successive items, with ids
+    that repeat from run to run (`chatcmpl-<task>-<n>`)."""
     pending = list(items)
+    counter = _ID_COUNTERS.setdefault(task, itertools.count())
 
     def reply(path: str, body: dict[str, Any]) -> JSONReply:
         item = pending.pop(0)
-        return JSONReply(chat_response(item.steps(), model=body.get("model", "m")))
+        response = chat_response(item.steps(), model=body.get("model", "m"))
+        response["id"] = f"chatcmpl-{task}-{next(counter)}"
+        return JSONReply(response)
 
     return reply
 

@@ -17,7 +17,7 @@ PROBE = OptionItem([-0.3, -1.6, -2.9, -4.0], 0, 0)
 
 def ask(api, double, items, task, model="mcq"):
     """Send one chat request per item; returns the calibration objects."""
-    double.reply = queue_reply(items)
+    double.reply = queue_reply(items, task)
     out = []
     for _ in items:
         response = api.post(

@@ -55,6 +55,7 @@ def test_scheduler_refits_after_n_new_labels(upstream_double, double, tmp_path):
                 time.sleep(0.2)
             assert shown.status_code == 200, "the scheduler did not refit"
             body = shown.json()
+            assert body["active"] is not None, body["events"]
             assert body["active"]["method"] == "temperature"
             assert body["active"]["n_labels"] == 200
             assert [e["trigger"] for e in body["events"]] == ["schedule"]
