@@ -274,10 +274,9 @@ class TemperatureScaler:
             block = matrix[start : start + _CONFIDENCE_BLOCK] / temperature
             block -= block.max(axis=1, keepdims=True)
             np.exp(block, out=block)
-            rows = np.arange(block.shape[0])
-            out[start : start + block.shape[0]] = (
-                block[rows, idx[start : start + block.shape[0]]] / block.sum(axis=1)
-            )
+            stop = start + block.shape[0]
+            picked = block[np.arange(block.shape[0]), idx[start:stop]]
+            out[start:stop] = picked / block.sum(axis=1)
         return out
 
     def nll(
