@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import json
 import math
 import random
@@ -53,17 +52,13 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 from model import (
-    ANSWER_PREFIX,
-    CLIP_MEAN,
-    CLIP_STD,
-    IMAGE_TOKEN,
-    IMAGE_TOKEN_ID,
     IMAGE_TOKENS,
     SLOT_TOKENS,
     SLOTS,
     build_modules,
     image_features,
 )
+from train import LETTERS, Prompts, load_vision, pixels  # the same pictures, prompts and letters
 
 #: The measured runs (docs/engine.md), in order; see the module docstring.
 RECIPE: tuple[tuple[str, ...], ...] = (
@@ -74,48 +69,10 @@ RECIPE: tuple[tuple[str, ...], ...] = (
     ("--codes-in", "{codes0}", "--init", "{out1}", "--code-steps", "0", "--steps", "600",
      "--batch", "32", "--eval-n", "8"),
 )  # fmt: skip
-_VISION_PY = Path(__file__).resolve().parents[2] / "datasets" / "vision.py"
-LETTERS = ("A", "B", "C", "D", "E")
 VALUES = len(LETTERS)  # a family's 4 values + absent (answer E)
 ABSENT = VALUES - 1
 #: How often each difficulty is drawn in training.
 TRAIN_DIFFICULTY_WEIGHTS = (0.3, 0.25, 0.25, 0.2)
-
-
-def load_vision():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("calib_vision", _VISION_PY)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["calib_vision"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def pixels(images: list) -> torch.Tensor:  # type: ignore[type-arg]
-    """CLIP normalisation of 64×64 RGB pictures (what the served image processor does)."""
-    arr = np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in images])
-    arr = (arr - np.array(CLIP_MEAN, dtype=np.float32)) / np.array(CLIP_STD, dtype=np.float32)
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
-
-
-class Prompts:
-    """Token ids of each family's prompt, split around the image placeholder."""
-
-    def __init__(self, tokenizer, vision) -> None:  # type: ignore[no-untyped-def]
-        self.prefix: dict[str, list[int]] = {}
-        self.suffix: dict[str, list[int]] = {}
-        for family in vision.FAMILIES:
-            text = (
-                f"{tokenizer.bos_token}{vision.question_text(family)}\n"
-                f"{IMAGE_TOKEN * IMAGE_TOKENS}{ANSWER_PREFIX}"
-            )
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-            start = ids.index(IMAGE_TOKEN_ID)
-            assert ids[start : start + IMAGE_TOKENS] == [IMAGE_TOKEN_ID] * IMAGE_TOKENS
-            self.prefix[family] = ids[:start]
-            self.suffix[family] = ids[start + IMAGE_TOKENS :]
-        encode = tokenizer.convert_tokens_to_ids
-        self.letters = [encode(f"▁{x}") for x in LETTERS]
 
 
 class Trainer:
