@@ -21,6 +21,13 @@ class Calibration:
     abstain_reason: str | None = None
     answer: str | None = None
     option_probs: dict[str, float] | None = None
+    # Options mode, once a refit fitted the conformal table: the labels that hold the true one
+    # with probability `set_coverage` (docs/api.md, "Prediction sets").
+    prediction_set: list[str] | None = None
+    set_coverage: float | None = None
+    # Only when the visual-reliance probe ran (docs/api.md, "Visual-reliance probe").
+    visual_reliance: float | None = None
+    visual_probe: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -38,6 +45,10 @@ class Calibration:
             abstain_reason=data.get("abstain_reason"),
             answer=data.get("answer"),
             option_probs=data.get("option_probs"),
+            prediction_set=data.get("prediction_set"),
+            set_coverage=data.get("set_coverage"),
+            visual_reliance=data.get("visual_reliance"),
+            visual_probe=data.get("visual_probe"),
             extra={key: value for key, value in data.items() if key not in known},
         )
 
