@@ -27,23 +27,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import socket
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
-import uvicorn
 
+from benchmarks._gateway import InThreadGateway
 from calibrators import SCORINGS, auroc, expected_calibration_error
-from service.app import create_app
 from service.datasets.countries import FEW_SHOT_COUNTRIES, Country, countries, normalize
 from service.settings import Settings
 
@@ -140,31 +136,15 @@ def names(text: str, options: Sequence[str]) -> list[str]:
     return [o for o in options if line == normalize(o) or line.startswith(normalize(o) + " ")]
 
 
-class Gateway:
+class Gateway(InThreadGateway):
     """The real gateway app on a loopback port, in a background thread."""
 
     def __init__(self, engine: str, data_dir: Path) -> None:
         settings = Settings(upstream=engine, data_dir=data_dir, refit_enabled=False, insecure=True)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        self._sock = sock
-        config = uvicorn.Config(create_app(settings), log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]})
+        super().__init__(settings)
 
     def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the gateway did not start")
-            time.sleep(0.02)
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def __exit__(self, *_: Any) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
+        return super().__enter__() + "/v1"
 
 
 async def ask(client: httpx.AsyncClient, model: str, item: Item, scoring: str) -> Result:

@@ -31,21 +31,18 @@ import argparse
 import asyncio
 import math
 import random
-import socket
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 
+from benchmarks._gateway import InThreadGateway
 from calibrators import Profile, prediction_set
 from clients.demo.questions import DemoItem, demo_items
-from service.app import create_app
 from service.settings import Settings
 
 TARGETS = (0.8, 0.9, 0.95)
@@ -53,7 +50,7 @@ ASKED = 0.9  # the target the gateway is asked for; the others reuse its option_
 TASK = "mcq-sets"
 
 
-class Gateway:
+class Gateway(InThreadGateway):
     """The real gateway app on a loopback port, in a background thread (refits in a thread)."""
 
     def __init__(self, engine: str, data_dir: Path) -> None:
@@ -64,26 +61,7 @@ class Gateway:
             refit_executor="thread",
             insecure=True,
         )
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        self._sock = sock
-        self.app = create_app(settings)
-        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]})
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the gateway did not start")
-            time.sleep(0.02)
-        return f"http://127.0.0.1:{self.port}"
-
-    def __exit__(self, *_: Any) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
+        super().__init__(settings)
 
 
 def mcq_items(seeds: Sequence[int], n: int) -> list[DemoItem]:

@@ -34,9 +34,7 @@ import argparse
 import asyncio
 import json
 import random
-import socket
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +42,8 @@ from typing import Any
 
 import httpx
 import numpy as np
-import uvicorn
 
+from benchmarks._gateway import InThreadGateway
 from calibrators import (
     CONFIDENCE_LOGIT,
     SEQUENCE_FEATURE_SETS,
@@ -61,7 +59,6 @@ from calibrators import (
     score_sequence,
 )
 from calibrators.refit import LabeledSet, RefitPolicy, refit_profile
-from service.app import create_app
 from service.datasets import build_question_set
 from service.datasets.countries import normalize
 from service.settings import Settings
@@ -103,7 +100,7 @@ class Answer:
         return self.score.raw_confidence
 
 
-class Gateway:
+class Gateway(InThreadGateway):
     """The real gateway app on a loopback port, in a background thread."""
 
     def __init__(self, engine: str, data_dir: Path) -> None:
@@ -117,25 +114,10 @@ class Gateway:
         )
         self.feature_sets = settings.refit_feature_sets
         self.holdout_fraction = settings.refit_holdout_fraction
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        self._sock = sock
-        self.server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]})
+        super().__init__(settings)
 
     def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the gateway did not start")
-            time.sleep(0.02)
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def __exit__(self, *_: Any) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
+        return super().__enter__() + "/v1"
 
 
 def build_items(seed: int, n: int) -> list[Item]:
