@@ -58,7 +58,14 @@ from model import (
     build_modules,
     image_features,
 )
-from train import LETTERS, Prompts, load_vision, pixels  # the same pictures, prompts and letters
+from train import (  # the same pictures, prompts, letters and weight files as train.py
+    LETTERS,
+    Prompts,
+    load,
+    load_vision,
+    pixels,
+    save,
+)
 
 #: The measured runs (docs/engine.md), in order; see the module docstring.
 RECIPE: tuple[tuple[str, ...], ...] = (
@@ -363,29 +370,6 @@ def evaluate(trainer: Trainer, n: int) -> dict[str, float]:
                 right.setdefault(f"d{difficulty}", []).append(t == a)
                 right.setdefault(f"{family}_d{difficulty}", []).append(t == a)
     return {k: round(float(np.mean(v)), 3) for k, v in right.items()}
-
-
-def load(trainer: Trainer, path: Path) -> None:
-    from safetensors.torch import load_file
-
-    state = load_file(str(path))
-    for prefix, module in (
-        ("vision_tower.", trainer.tower),
-        ("multi_modal_projector.", trainer.projector),
-    ):
-        own = {k[len(prefix) :]: v.float() for k, v in state.items() if k.startswith(prefix)}
-        module.load_state_dict(own)
-
-
-def save(trainer: Trainer, out: Path, report: dict[str, object]) -> None:
-    from safetensors.torch import save_file
-
-    state = {f"vision_tower.{k}": v for k, v in trainer.tower.state_dict().items()}
-    state |= {f"multi_modal_projector.{k}": v for k, v in trainer.projector.state_dict().items()}
-    state = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in state.items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(out), metadata={"report": json.dumps(report)})
-    print(json.dumps(report), flush=True)
 
 
 def save_codes(trainer: Trainer, path: Path) -> None:
