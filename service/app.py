@@ -13,7 +13,9 @@ The lifespan opens what every request shares and closes it on shutdown, in this 
    the only `model` label values on `/metrics` (service/known_models.py);
 7. the per-app caches (feedback rate buckets, prompt-optimization tasks, the
    calibration-health collector), fields of `Services`; the API key cache is made on first
-   use (`service.services.per_app`).
+   use (`service.services.per_app`);
+8. the heap built so far is frozen out of garbage collection (`service.gc_freeze`; thawed on
+   shutdown).
 
 Shutdown flushes the writer (no accepted prediction is lost) and closes the client and store.
 Requests reach these through `request.app.state.services` (`service.services.Services`).
@@ -35,6 +37,7 @@ from service.auth import check_open_mode
 from service.body_limit import BodyLimitMiddleware
 from service.calibration_health import CalibrationCollector, make_calibration_source
 from service.errors import document_errors, install_error_handlers
+from service.gc_freeze import freeze_heap, thaw_heap
 from service.guarantee_monitor import GuaranteeCollector, make_guarantee_source
 from service.known_models import KnownModels
 from service.memory_trim import ActivityCounter, IdleMemoryTrimmer
@@ -127,8 +130,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.upstream,
                 _redact(settings.database_url),
             )
+            freeze_heap()  # full collections skip what startup built (service/gc_freeze.py)
             yield
         finally:
+            thaw_heap()
             if trimmer is not None:
                 await trimmer.stop()
             if scheduler is not None:
