@@ -217,6 +217,21 @@ def _choice(value: str, allowed: tuple[str, ...], what: str) -> str:
     return value
 
 
+# The labelled child of each (metric, label values), looked up once: `labels()` validates and
+# takes a lock on every call, and the request path made seven such calls per request. Label
+# values are bounded (above), so this cache is too; a race only looks a child up twice.
+_CHILDREN: dict[tuple[Any, ...], Any] = {}
+
+
+def _child(metric: Any, *labels: str) -> Any:
+    """`metric.labels(*labels)`, cached."""
+    key = (metric, *labels)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN[key] = metric.labels(*labels)
+    return child
+
+
 # --------------------------------------------------------------------------- request-path metrics
 
 #: The gateway's own registry (single-process mode). Multiprocess mode renders from the files.
@@ -361,13 +376,13 @@ def observe_visual_probe(
     """Record one probed answer: its status, and when measured its reliance (histogram) and
     whether it is below `floor` (the low-reliance share)."""
     model_label = _model_label(model)
-    VISUAL_PROBES.labels(model_label, _choice(status, VISUAL_PROBE_STATUSES, "status")).inc()
+    _child(VISUAL_PROBES, model_label, _choice(status, VISUAL_PROBE_STATUSES, "status")).inc()
     if reliance is None or not math.isfinite(reliance):
         return
     task_label = _task_label(task)
-    VISUAL_RELIANCE.labels(model_label, task_label).observe(reliance)
+    _child(VISUAL_RELIANCE, model_label, task_label).observe(reliance)
     share = _low_share.add((model_label, task_label), reliance < floor)
-    VISUAL_RELIANCE_LOW_SHARE.labels(model_label, task_label).set(share)
+    _child(VISUAL_RELIANCE_LOW_SHARE, model_label, task_label).set(share)
 
 
 def observe_request(
@@ -386,45 +401,48 @@ def observe_request(
     upstream nor the overhead histogram is touched.
     """
     model_label = _model_label(model)
-    REQUESTS.labels(model_label, endpoint, str(int(code))).inc()
-    REQUEST_DURATION.labels(model_label, endpoint).observe(max(total_s, 0.0))
+    _child(REQUESTS, model_label, endpoint, str(int(code))).inc()
+    _child(REQUEST_DURATION, model_label, endpoint).observe(max(total_s, 0.0))
     if upstream_s is not None:
         upstream_s = max(upstream_s, 0.0)
-        UPSTREAM_DURATION.labels(model_label, endpoint).observe(upstream_s)
-        GATEWAY_OVERHEAD.labels(model_label, endpoint).observe(max(total_s - upstream_s, 0.0))
+        _child(UPSTREAM_DURATION, model_label, endpoint).observe(upstream_s)
+        _child(GATEWAY_OVERHEAD, model_label, endpoint).observe(max(total_s - upstream_s, 0.0))
 
 
 def observe_upstream_error(model: str | None, kind: str) -> None:
     """Count one failed upstream call (`kind` in `UPSTREAM_ERROR_KINDS`)."""
-    UPSTREAM_ERRORS.labels(_model_label(model), _choice(kind, UPSTREAM_ERROR_KINDS, "kind")).inc()
+    _child(UPSTREAM_ERRORS, _model_label(model), _choice(kind, UPSTREAM_ERROR_KINDS, "kind")).inc()
 
 
 def observe_confidence(model: str, task: str, raw: float | None, calibrated: float | None) -> None:
     """Record one response's raw and calibrated confidence (None = not available)."""
     model_label, task_label = _model_label(model), _task_label(task)
     if raw is not None and math.isfinite(raw):
-        CONFIDENCE.labels(model_label, task_label, "raw").observe(raw)
+        _child(CONFIDENCE, model_label, task_label, "raw").observe(raw)
     if calibrated is not None and math.isfinite(calibrated):
-        CONFIDENCE.labels(model_label, task_label, "calibrated").observe(calibrated)
+        _child(CONFIDENCE, model_label, task_label, "calibrated").observe(calibrated)
 
 
 def observe_abstention(model: str, task: str, reason: str) -> None:
     """Count one abstention (`reason` in `ABSTAIN_REASONS`)."""
-    ABSTENTIONS.labels(
-        _model_label(model), _task_label(task), _choice(reason, ABSTAIN_REASONS, "reason")
+    _child(
+        ABSTENTIONS,
+        _model_label(model),
+        _task_label(task),
+        _choice(reason, ABSTAIN_REASONS, "reason"),
     ).inc()
 
 
 def observe_prediction(model: str, task: str, mode: str) -> None:
     """Count one calibrated response (`mode` in `PREDICTION_MODES`)."""
-    PREDICTIONS.labels(
-        _model_label(model), _task_label(task), _choice(mode, PREDICTION_MODES, "mode")
+    _child(
+        PREDICTIONS, _model_label(model), _task_label(task), _choice(mode, PREDICTION_MODES, "mode")
     ).inc()
 
 
 def observe_feedback(model: str | None, outcome: str, count: int = 1) -> None:
     """Count feedback items (`outcome` in `FEEDBACK_OUTCOMES`; model None for an unknown id)."""
-    FEEDBACK.labels(_model_label(model), _choice(outcome, FEEDBACK_OUTCOMES, "outcome")).inc(count)
+    _child(FEEDBACK, _model_label(model), _choice(outcome, FEEDBACK_OUTCOMES, "outcome")).inc(count)
 
 
 class WriterCounters(Protocol):

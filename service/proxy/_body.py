@@ -11,6 +11,7 @@ from __future__ import annotations
 import binascii
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,8 +24,10 @@ __all__ = [
     "check_chat",
     "check_completions",
     "check_content_type",
+    "compact_json",
     "data_url_bytes",
     "dumps",
+    "json_encoder",
     "loads",
     "parse_json_body",
     "validate_image_parts",
@@ -69,10 +72,49 @@ def loads(raw: bytes | str) -> Any:
         return json.loads(raw)
 
 
+def json_encoder(
+    separators: tuple[str, str] = (",", ":"), *, sort_keys: bool = False
+) -> Callable[[Any], str]:
+    """`json.dumps(obj, separators=..., sort_keys=..., ensure_ascii=False)` as one reusable
+    function, text for text equal to it.
+
+    `json.dumps` with any argument builds a `JSONEncoder` and a C encoder on every call (~2 µs,
+    three calls per request); this builds them once. No circular-reference check: what the
+    gateway encodes came from JSON or is its own flat objects (a cycle would end in
+    `RecursionError` instead of `ValueError`).
+    """
+    base = json.JSONEncoder(
+        ensure_ascii=False, check_circular=False, separators=separators, sort_keys=sort_keys
+    )
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - CPython without its _json accelerator
+        return base.encode
+    item_separator, key_separator = separators
+    encode = make(
+        None,
+        base.default,
+        json.encoder.encode_basestring,
+        None,
+        key_separator,
+        item_separator,
+        sort_keys,
+        False,
+        True,
+    )
+
+    def dumps(obj: Any) -> str:
+        return "".join(encode(obj, 0))
+
+    return dumps
+
+
+compact_json = json_encoder()
+
+
 def dumps(obj: Any) -> bytes:
     """Compact JSON for a response; ASCII escapes if a string holds a lone surrogate (an
     upstream escape), which UTF-8 cannot encode."""
-    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    text = compact_json(obj)
     try:
         return text.encode()
     except UnicodeEncodeError:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import time
 import uuid
@@ -29,7 +28,14 @@ from calibrators import Profile
 from service import metrics
 from service.auth import Principal, authenticate
 from service.errors import APIError, internal_error_response
-from service.proxy._body import LogprobWish, check_content_type, dumps, parse_json_body
+from service.proxy._body import (
+    LogprobWish,
+    check_content_type,
+    compact_json,
+    dumps,
+    json_encoder,
+    parse_json_body,
+)
 from service.proxy._confidence import (
     Outcome,
     calibrate_choice,
@@ -60,18 +66,22 @@ _OFFLOAD_BYTES = 256 * 1024
 def _dumps_request(obj: Any) -> bytes:
     """The upstream body. JSON escapes can smuggle in lone surrogates, which are not text."""
     try:
-        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+        return compact_json(obj).encode()
     except UnicodeEncodeError:
         raise APIError(
             400, "The request contains an invalid Unicode escape (a lone surrogate)."
         ) from None
 
 
+# `json.dumps(prompt, sort_keys=True, ensure_ascii=False)`: the stored hashes depend on it.
+_sorted_json = json_encoder((", ", ": "), sort_keys=True)
+
+
 def _prompt_hash(model: str, prompt: Any) -> str:
     """sha256 of (model, the client's prompt/messages) before any injection; groups repeats."""
     digest = hashlib.sha256(model.encode())
     digest.update(b"\0")
-    text = json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+    text = _sorted_json(prompt)
     digest.update(text.encode("utf-8", "surrogatepass"))
     return digest.hexdigest()
 

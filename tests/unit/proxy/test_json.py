@@ -11,7 +11,7 @@ import pytest
 
 from service.errors import APIError
 from service.proxy import parse_json_body
-from service.proxy._body import loads
+from service.proxy._body import compact_json, json_encoder, loads
 
 SAME_AS_JSON = [
     b'{"a": 1, "b": [1.5, -0.0, 1e-7, 1E2, 123456789012345678901234567890], "c": null}',
@@ -54,3 +54,42 @@ def test_request_body_errors_keep_their_messages() -> None:
     with pytest.raises(APIError) as binary:
         parse_json_body(b'{"model": "\xff"}')
     assert "not valid UTF-8" in binary.value.message
+
+
+# The request path's encoders (`json_encoder`): built once, text for text what `json.dumps`
+# with the same arguments gives — the response bytes and the stored prompt hashes depend on it.
+ENCODED = [
+    {"b": 1, "a": [1.5, -0.0, 1e-05, 1e16, 0.1 + 0.2, 123456789012345678901234567890]},
+    {"nan": math.nan, "inf": math.inf, "ninf": -math.inf, "t": True, "f": False, "n": None},
+    {"t": 'café 😀 ▁B \u2028 \x00 "quoted" \\ back', "lone": "\ud800"},
+    [{"role": "user", "content": [{"type": "text", "text": "A?"}, {"z": 1, "y": {"x": []}}]}],
+    "just a string",
+    12,
+    {2: "int key", "1": "str key"},
+    {"float key": {1.5: "x"}},
+]
+
+
+@pytest.mark.parametrize("obj", ENCODED)
+@pytest.mark.parametrize(
+    ("separators", "sort_keys"), [((",", ":"), False), ((", ", ": "), True), ((",", ":"), True)]
+)
+def test_reused_encoders_give_what_json_dumps_gives(
+    obj: object, separators: tuple[str, str], sort_keys: bool
+) -> None:
+    encode = json_encoder(separators, sort_keys=sort_keys)
+    try:
+        want = json.dumps(obj, separators=separators, sort_keys=sort_keys, ensure_ascii=False)
+    except TypeError:  # keys of mixed types cannot be sorted: the same error
+        with pytest.raises(TypeError):
+            encode(obj)
+        return
+    assert encode(obj) == want
+    assert encode(obj) == want  # reused: no state carried over
+
+
+def test_the_compact_encoder_refuses_what_json_dumps_refuses() -> None:
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        compact_json({"x": object()})
+    with pytest.raises(TypeError):
+        json.dumps({"x": object()})
