@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,7 @@ __all__ = [
     "image_embedding",
     "shift_test",
     "text_embedding",
+    "text_embeddings",
 ]
 
 TEXT_EMBEDDING_DIM = 64
@@ -73,6 +75,56 @@ def text_embedding(text: str, dim: int = TEXT_EMBEDDING_DIM) -> np.ndarray:
     out = np.bincount(buckets.astype(np.intp), weights=signs, minlength=dim)
     norm = float(np.linalg.norm(out))
     return out / norm if norm > 0 else out
+
+
+def text_embeddings(texts: Sequence[str], dim: int = TEXT_EMBEDDING_DIM) -> np.ndarray:
+    """`text_embedding` of each text, as the rows of one ``len(texts) × dim`` array, equal
+    value for value to the one-text function, in one vectorised pass.
+
+    Why: the gateway embeds every request's prompt (the input-shift gauge); one text at a time
+    the dozen numpy calls cost ~10 µs whatever the text's length, most of the embedding's cost.
+    The counts are sums of ±1 (exact in float64 in any order), so the rows are bit-identical.
+    """
+    out = np.zeros((len(texts), dim), dtype=np.float64)
+    rows: list[int] = []
+    chunks: list[bytes] = []
+    for row, text in enumerate(texts):
+        data = text.encode("utf-8", "surrogatepass")
+        if len(data) >= 3:
+            rows.append(row)
+            chunks.append(data)
+        elif data:
+            out[row, zlib.crc32(data) % dim] = 1.0
+    if not rows:
+        return out
+    lengths = np.fromiter(map(len, chunks), dtype=np.intp, count=len(chunks))
+    data = np.frombuffer(b"".join(chunks), dtype=np.uint8)
+    grams = (
+        data[:-2].astype(np.uint64) << np.uint64(16)
+        | data[1:-1].astype(np.uint64) << np.uint64(8)
+        | data[2:].astype(np.uint64)
+    )
+    # The two grams starting in the last two bytes of a text run into the next one: dropped.
+    ends = np.cumsum(lengths)
+    keep = np.ones(grams.size, dtype=bool)
+    keep[ends[:-1] - 2] = False
+    keep[ends[:-1] - 1] = False
+    grams = grams[keep]
+    hashed = (grams * _MULT) & _MASK32
+    buckets = ((hashed >> np.uint64(16)) % np.uint64(dim)).astype(np.intp)
+    signs = np.where((hashed >> np.uint64(7)) & np.uint64(1), 1.0, -1.0)
+    owner = np.repeat(np.asarray(rows, dtype=np.intp), lengths - 2)
+    counts = np.bincount(owner * dim + buckets, weights=signs, minlength=len(texts) * dim)
+    counts = counts.reshape(len(texts), dim)
+    norms = np.sqrt(np.einsum("ij,ij->i", counts, counts))
+    long_rows = np.asarray(rows, dtype=np.intp)
+    scale = norms[long_rows]
+    nonzero = scale > 0
+    chosen = long_rows[nonzero]
+    out[chosen] = counts[chosen] / scale[nonzero, None]
+    zero = long_rows[~nonzero]
+    out[zero] = counts[zero]
+    return out
 
 
 def image_embedding(pixels: Any) -> np.ndarray:

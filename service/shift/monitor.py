@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from calibrators.shift import ShiftReference, ShiftResult, fit_shift_reference, shift_test
-from service.shift.inputs import FEATURE_KEYS, MODALITIES, RequestInputs
+from service.shift.inputs import FEATURE_KEYS, MODALITIES, RequestInputs, embed_all
 from service.shift.reference import ReferenceSample, load_reference
 
 if TYPE_CHECKING:
@@ -178,12 +178,18 @@ class ShiftMonitor:
 
         Idempotent: a batch written again after a store failure finds nothing pending.
         """
-        for record in records:
-            with self._lock:
+        taken: list[tuple[PredictionRecord, RequestInputs]] = []
+        with self._lock:
+            for record in records:
                 inputs = self._pending.pop(record.id, None)
-                if inputs is None:
-                    continue
-                self._pending_bytes = max(0, self._pending_bytes - inputs.nbytes)
+                if inputs is not None:
+                    self._pending_bytes = max(0, self._pending_bytes - inputs.nbytes)
+                    taken.append((record, inputs))
+        try:
+            embed_all(inputs for _, inputs in taken)  # the texts in one vectorised pass
+        except Exception:  # each is embedded (or its failure logged) on its own below
+            logger.exception("shift monitor: embedding a batch failed")
+        for record, inputs in taken:
             try:
                 embedded = inputs.embeddings()
             except Exception:

@@ -6,10 +6,51 @@ import contextlib
 import math
 from typing import Any
 
+_isfinite = math.isfinite
+# Exact types that are stored as they are (subclasses take the general path below).
+_AS_IS = frozenset({str, int, bool, type(None)})
+
 
 def json_safe(value: Any) -> Any:
     """JSON that every backend accepts: NaN/±inf become null (PostgreSQL's JSON has neither,
     and a -inf logprob is common), numpy scalars become Python numbers."""
+    kind = type(value)
+    # Exact built-in types first, without a call per item: a prediction's features hold lists
+    # of dozens of floats (the input embeddings), and this runs for every prediction stored.
+    if kind is float:
+        return value if _isfinite(value) else None
+    if kind in _AS_IS:
+        return value
+    if kind is dict:
+        return {
+            key if type(key) is str else str(key): _safe_item(item) for key, item in value.items()
+        }
+    if kind is list or kind is tuple:
+        return [_safe_item(item) for item in value]
+    return _json_safe_other(value)
+
+
+def _safe_item(value: Any) -> Any:
+    kind = type(value)
+    if kind is float:
+        return value if _isfinite(value) else None
+    if kind in _AS_IS:
+        return value
+    if kind is list:
+        out = []
+        for item in value:
+            if type(item) is float:
+                out.append(item if _isfinite(item) else None)
+            elif type(item) in _AS_IS:
+                out.append(item)
+            else:
+                out.append(json_safe(item))
+        return out
+    return json_safe(value)
+
+
+def _json_safe_other(value: Any) -> Any:
+    """Subclasses of the built-in types, numpy values and anything else."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):

@@ -155,7 +155,7 @@ class PredictionWriter:
             if self._backoff_s and time.monotonic() < self._retry_at:
                 continue
             try:
-                await self._drain(raise_errors=False)
+                await self._drain(raise_errors=False, whole=False)
             except Exception:  # pragma: no cover - keep the writer alive whatever happens
                 logger.exception("prediction writer: unexpected error")
             if self.on_flush is not None:
@@ -164,9 +164,20 @@ class PredictionWriter:
                 except Exception:  # pragma: no cover - a hook must not stop the writer
                     logger.exception("prediction writer: on_flush hook failed")
 
-    async def _drain(self, *, raise_errors: bool) -> None:
+    async def _drain(self, *, raise_errors: bool, whole: bool = True) -> None:
+        """Write what is pending in batches: everything (`whole`), or — the background loop —
+        one batch and then only full ones; a partial rest waits for the next tick.
+
+        Why not everything every tick: under load the next batch started the moment the last
+        one committed, with the few records that came meanwhile (~30 at 2,000 requests/s), and
+        the per-batch cost (thread hand-off, statement, commit) was then a third of the
+        writer's CPU per prediction. Waiting for the tick lets a batch fill up; no record
+        waits longer than before (at most one interval, plus the write).
+        """
         async with self._lock:
-            while self._pending:
+            first = True
+            while self._pending and (whole or first or len(self._pending) >= self.batch_size):
+                first = False
                 batch = list(_take(self._pending, self.batch_size))
                 try:
                     await asyncio.to_thread(self._insert, batch)

@@ -15,7 +15,9 @@ from calibrators import (
     shift_test,
     text_embedding,
 )
+from calibrators.shift import text_embeddings
 from service.datasets.vision import draw_scene
+from service.shift.inputs import RequestInputs, embed_all
 
 # ---------------------------------------------------------------------------- the test
 
@@ -118,6 +120,39 @@ def test_text_embedding_is_deterministic_normalised_and_sensitive() -> None:
     assert float(a @ near) > float(a @ far)
     assert not text_embedding("").any()
     assert np.linalg.norm(text_embedding("é")) == pytest.approx(1.0)
+
+
+def test_text_embeddings_of_a_batch_equal_each_text_embedding_exactly() -> None:
+    """The writer embeds a batch of prompts at once; each row must be the one-text vector,
+    bit for bit (texts shorter than a 3-gram, non-ASCII, lone surrogates, repeats)."""
+    rng = random.Random(5)
+    alphabet = "abc é😀\ud800 xyzAB\n"
+    texts = ["", "a", "ab", "abc", "é", "😀", "ab\ud800", "abab" * 3, "What colour?"]
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60))) for _ in range(300)]
+    for size in (1, 2, 7, 40, len(texts)):
+        batch = rng.sample(texts, size)
+        rows = text_embeddings(batch)
+        assert rows.shape == (size, TEXT_EMBEDDING_DIM) and rows.dtype == np.float64
+        for text, row in zip(batch, rows, strict=True):
+            assert row.tobytes() == text_embedding(text).tobytes(), text
+    assert text_embeddings([]).shape == (0, TEXT_EMBEDDING_DIM)
+
+
+def test_a_batch_of_request_inputs_embeds_as_each_alone() -> None:
+    """`embed_all` (the writer's batch) gives every request what `embeddings()` gives it alone;
+    a request shared by several choices is embedded once."""
+    prompts: list[object] = [
+        [{"role": "user", "content": "Which is right? A or B."}],
+        [{"role": "user", "content": [{"type": "text", "text": "Name it."}]}],
+        "a completion prompt",
+        [1, 2, 3],  # token ids: no text
+        "ab",
+    ]
+    batch = [RequestInputs(prompt) for prompt in prompts]
+    alone = [RequestInputs(prompt).embeddings() for prompt in prompts]
+    embed_all([*batch, batch[0]])
+    assert [inputs.embeddings() for inputs in batch] == alone
+    assert alone[3] == {} and set(alone[0]) == {"text"}
 
 
 def test_text_embedding_does_not_depend_on_the_process() -> None:
