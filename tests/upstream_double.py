@@ -94,11 +94,15 @@ class Pause:
 
 @dataclass
 class Gate:
-    """A point in a stream where the double waits until the test calls `open()`."""
+    """A point in a stream where the double waits until the test calls `open()`.
+
+    `abandoned` is set when the gateway closes the connection while the double waits here
+    (the stream then ends)."""
 
     timeout: float = 10.0
     _event: threading.Event = field(default_factory=threading.Event)
     reached: threading.Event = field(default_factory=threading.Event)
+    abandoned: threading.Event = field(default_factory=threading.Event)
     timed_out: bool = False
 
     def open(self) -> None:
@@ -508,9 +512,9 @@ class UpstreamDouble:
             reply = reply(path, body)
         if reply is None:
             reply = _default(path, body)
-        await self._send(send, reply)
+        await self._send(send, reply, receive)
 
-    async def _send(self, send: Callable, reply: Any) -> None:
+    async def _send(self, send: Callable, reply: Any, receive: Callable | None = None) -> None:
         if isinstance(reply, Await):
             deadline = time.monotonic() + reply.timeout
             while not reply.condition(list(self.requests)):
@@ -555,8 +559,17 @@ class UpstreamDouble:
                     continue
                 if isinstance(event, Gate):
                     event.reached.set()
-                    opened = await asyncio.to_thread(event._event.wait, event.timeout)
-                    event.timed_out = not opened
+                    opened = asyncio.ensure_future(
+                        asyncio.to_thread(event._event.wait, event.timeout)
+                    )
+                    gone = asyncio.ensure_future(_disconnect(receive)) if receive else None
+                    await asyncio.wait({opened, gone} - {None}, return_when="FIRST_COMPLETED")
+                    if gone is not None and gone.done():
+                        event.abandoned.set()
+                        return
+                    if gone is not None:
+                        gone.cancel()
+                    event.timed_out = not opened.result()
                     continue
                 data = event if isinstance(event, str) else json.dumps(event)
                 await send(
@@ -572,6 +585,12 @@ class UpstreamDouble:
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         else:  # pragma: no cover - a test bug
             raise TypeError(f"unknown reply {reply!r}")
+
+
+async def _disconnect(receive: Callable) -> None:
+    """Return once the client (the gateway) has closed the connection."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _respond(send: Callable, status: int, content_type: str, body: bytes) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from calibrators import Profile
@@ -46,7 +46,7 @@ from service.proxy._confidence import (
 from service.proxy._likelihood import option_likelihoods_result, start_option_likelihoods
 from service.proxy._plan import CalibrationPlan, parse_calibration, resolve_plan
 from service.proxy._serving import CHAT, COMPLETIONS, Echoed, OpenAIServing
-from service.proxy._streaming import StreamContext, relay
+from service.proxy._streaming import EventStreamResponse, StreamContext, relay
 from service.proxy._upstream import UpstreamResponse, error_kind
 from service.proxy._visual_probe import VisualProbe, start_visual_probe
 from service.proxy._visual_probe import observe as observe_visual_probe
@@ -278,7 +278,7 @@ def _stream(
     upstream_s: float,
     likelihoods: asyncio.Task[list[float] | None] | None = None,
     probe: VisualProbe | None = None,
-) -> StreamingResponse:
+) -> EventStreamResponse:
     def on_done(
         outcomes: list[tuple[str, Outcome]] | None, waited: float, error: APIError | None
     ) -> None:
@@ -305,7 +305,7 @@ def _stream(
         likelihoods=likelihoods,
         probe=probe,
     )
-    return StreamingResponse(
+    return EventStreamResponse(
         relay(upstream_response, ctx, upstream_s),
         media_type="text/event-stream",
         headers={"cache-control": "no-cache", "x-accel-buffering": "no"},

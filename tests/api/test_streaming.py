@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 
 import httpx
 import pytest
 
+from tests.conftest import start_gateway
 from tests.upstream_double import Gate, StreamReply, chat_stream, completion_stream
 
 STEPS = [
@@ -70,6 +72,37 @@ def test_chunks_are_not_buffered(client, double):
     assert seen_before_gate.is_set()
     assert not gate.timed_out
     assert rest[-1] == "data: [DONE]"
+
+
+def test_a_client_that_leaves_mid_stream_stops_the_relay(double, tmp_path):
+    """The client closes the connection after the first chunk, while the upstream holds the
+    rest back: the gateway stops relaying and closes its upstream connection at once (it does
+    not read the answer to its end for nobody) and records nothing for that response. Its
+    upstream timeout is long here, so only the client's leaving can end the stream."""
+    gateway = start_gateway(double.base_url, tmp_path / "calib.db", upstream_timeout_s=60.0)
+    try:
+        gate = Gate(timeout=30)
+        chunks = chat_stream(STEPS)
+        double.reply = StreamReply([chunks[0], gate, *chunks[1:]])
+        with httpx.Client(base_url=gateway.url, timeout=10.0) as client:
+            with stream_chat(client) as r:
+                first = next(line for line in r.iter_lines() if line.startswith("data: "))
+            response_id = json.loads(first[6:])["id"]
+            assert gate.abandoned.wait(10), "the gateway kept reading a stream nobody reads"
+            gate.open()  # (releases the double's waiting thread)
+            double.reply = StreamReply(chat_stream(STEPS))  # and the gateway serves on
+            with stream_chat(client) as r:
+                got = events(r)
+        assert got[-1] == "[DONE]"
+        store = gateway.app.state.store
+        later = got[-2]["calibration"]["id"]
+        deadline = time.monotonic() + 10
+        while store.get_prediction(later) is None and time.monotonic() < deadline:
+            time.sleep(0.02)  # written in submission order: the one before would be there too
+        assert store.get_prediction(later) is not None
+        assert store.get_prediction(response_id) is None
+    finally:
+        gateway.server.stop()
 
 
 def test_logprobs_stripped_from_chunks_unless_asked(client, double):
