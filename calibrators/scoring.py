@@ -466,10 +466,16 @@ def _match(tokens: list[str], labels: tuple[_Label, ...]) -> _Match | None:
 
 
 def _lse(values: list[float]) -> float:
+    if len(values) == 1 and -math.inf < values[0] < math.inf:
+        return values[0] + 0.0  # the usual case: the same value as below (log(exp(0)) is 0.0)
     top = max(values)
     if top == -math.inf:
         return top
     return top + math.log(sum(math.exp(v - top) for v in values))
+
+
+# (candidates, the generated one's index, their normalized texts, the others by first character)
+_Candidates = tuple[list[tuple[str, float]], int | None, list[str], dict[str, list[int]]]
 
 
 class _Walk:
@@ -479,28 +485,27 @@ class _Walk:
         self.path, self.s, self.labels, self.answer = path, s, labels, answer
         self._candidates: dict[int, tuple[list[tuple[str, float]], int | None]] = {}
         self._floors: dict[int, float] = {}
-        self._pieces: dict[tuple[int, bool], tuple[list[str], dict[str, list[int]]]] = {}
+        self._pieces: dict[tuple[int, bool], _Candidates] = {}
 
     def piece(self, token: str, i: int, keep_case: bool) -> str:
         return _fold_word(token, keep_case) if i == self.s else _fold(token, keep_case)
 
-    def candidates(
-        self, i: int, keep_case: bool
-    ) -> tuple[list[tuple[str, float]], int | None, list[str], dict[str, list[int]]]:
+    def candidates(self, i: int, keep_case: bool) -> _Candidates:
         """The candidates at ``i`` (read once per walk), their normalized texts, and the other
         candidates than the generated one by first character."""
-        if i not in self._candidates:
-            self._candidates[i] = self.path.candidates(i)
-        pairs, at = self._candidates[i]
         cached = self._pieces.get((i, keep_case))
         if cached is None:
-            pieces = [self.piece(token, i, keep_case) for token, _ in pairs]
+            if i not in self._candidates:
+                self._candidates[i] = self.path.candidates(i)
+            pairs, at = self._candidates[i]
+            fold = _fold_word if i == self.s else _fold
+            pieces = [fold(token, keep_case) for token, _ in pairs]
             by_first: dict[str, list[int]] = {}
             for k, piece in enumerate(pieces):
                 if piece and k != at:
                     by_first.setdefault(piece[0], []).append(k)
-            cached = self._pieces[(i, keep_case)] = (pieces, by_first)
-        return pairs, at, cached[0], cached[1]
+            cached = self._pieces[(i, keep_case)] = (pairs, at, pieces, by_first)
+        return cached
 
     def floor(self, i: int) -> float:
         if i not in self._candidates:
@@ -520,6 +525,10 @@ class _Walk:
         for j in range(n_opt):
             self._walk_option(j, masses, truncated, claims)
         for entries in claims.values():
+            if len(entries) == 1:  # one option's alone (the usual case): log(1) is 0.0
+                j, lp, _ = entries[0]
+                masses[j].append(lp - 0.0)
+                continue
             # A candidate that completes an option is that option's, not a continuation of a
             # longer one (" A" is option "A", not the start of "All of the above").
             complete = [e for e in entries if e[2]]
@@ -549,9 +558,10 @@ class _Walk:
         if not target:
             return  # nothing to read: floored in run()
         path = self.path
+        tokens, logprobs, n_tokens = path.tokens, path.logprobs, len(path.tokens)
         consumed, prefix, i = "", 0.0, self.s
         while True:
-            if i >= len(path):
+            if i >= n_tokens:
                 # The generation stopped while this option still agreed: its departure is unseen.
                 masses[j].append(prefix)
                 truncated[j] = True
@@ -572,12 +582,12 @@ class _Walk:
                     claimed = True
                     if not done:
                         longest_other = max(longest_other, len(piece))
-            lp_i = path.logprobs[i]
+            lp_i = logprobs[i]
             if lp_i is None:  # a generated token without a logprob: nothing more to read
                 masses[j].append(prefix)
                 truncated[j] = True
                 return
-            piece = self.piece(path.tokens[i], i, keep_case)
+            piece = (_fold_word if i == self.s else _fold)(tokens[i], keep_case)
             joined = consumed + piece
             if piece and _rstrip(joined) == target:
                 masses[j].append(prefix + lp_i + self._rest(i + 1, j))
