@@ -518,6 +518,9 @@ class _Walk:
         return "".join(self.piece(self.path.tokens[i], i, keep_case) for i in range(self.s, upto))
 
     def run(self) -> tuple[tuple[float, ...], tuple[bool, ...]]:
+        letters = self._run_letters()
+        if letters is not None:
+            return letters
         n_opt = len(self.labels)
         masses: list[list[float]] = [[] for _ in range(n_opt)]
         truncated = [False] * n_opt
@@ -545,6 +548,46 @@ class _Walk:
                 truncated[j] = True
             out.append(_lse(masses[j]))
         return tuple(out), tuple(truncated)
+
+    def _run_letters(self) -> tuple[tuple[float, ...], tuple[bool, ...]] | None:
+        """`run` when every option is one distinct character (A/B/C/D): the walk ends at the
+        answer position, each listed candidate there is one option's (or none's), and no option
+        continues another. The same arithmetic as the general walk, step for step (so the same
+        values), without its bookkeeping; None when the options are not such letters."""
+        labels = self.labels
+        texts = [label.text for label in labels]
+        if not all(label.keep_case and len(label.text) == 1 for label in labels) or len(
+            set(texts)
+        ) != len(texts):
+            return None
+        s = self.s
+        pairs, _, pieces, by_first = self.candidates(s, True)
+        lp_s = self.path.logprobs[s]
+        generated = _fold_word(self.path.tokens[s], True)
+        generated_text = _rstrip(generated) if generated else None
+        masses: list[list[float]] = []
+        truncated: list[bool] = []
+        for j, target in enumerate(texts):
+            # Listed candidates other than the generated one that write this option (claims).
+            claimed = [
+                (0.0 + pairs[k][1]) - 0.0
+                for k in by_first.get(target, ())
+                if _rstrip(pieces[k]) == target
+            ]
+            if lp_s is None:
+                mass, cut = [0.0], True
+            elif generated_text == target:
+                mass, cut = [0.0 + lp_s + 0.0], False
+            elif j == self.answer:
+                return None  # (the answer position always completes the answer)
+            elif not claimed:
+                mass, cut = [0.0 + self.floor(s)], True
+            else:
+                mass, cut = [], False
+            mass.extend(claimed)
+            masses.append(mass)
+            truncated.append(cut)
+        return tuple(_lse(mass) for mass in masses), tuple(truncated)
 
     def _walk_option(
         self,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from functools import lru_cache
 from typing import Any
 
 from calibrators import (
@@ -125,12 +126,18 @@ def _finite(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
+@lru_cache(maxsize=16)
+def _field_names(cls: type) -> tuple[str, ...]:
+    """A score dataclass's field names (`dataclasses.fields` rebuilds its tuple per call)."""
+    return tuple(f.name for f in fields(cls))
+
+
 def _features(score: Any, signals: Mapping[str, float | None] | None = None) -> dict[str, Any]:
     """What is recorded with the prediction: the score's fields, plus finite named signals."""
     out: dict[str, Any] = {}
-    for f in fields(score):
-        value = getattr(score, f.name)
-        out[f.name] = list(value) if isinstance(value, tuple) else value
+    for name in _field_names(type(score)):
+        value = getattr(score, name)
+        out[name] = list(value) if isinstance(value, tuple) else value
     kept = {name: v for name, value in (signals or {}).items() if (v := _finite(value)) is not None}
     if kept:
         out["signals"] = kept
