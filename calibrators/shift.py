@@ -89,12 +89,12 @@ def text_embeddings(texts: Sequence[str], dim: int = TEXT_EMBEDDING_DIM) -> np.n
     rows: list[int] = []
     chunks: list[bytes] = []
     for row, text in enumerate(texts):
-        data = text.encode("utf-8", "surrogatepass")
-        if len(data) >= 3:
+        encoded = text.encode("utf-8", "surrogatepass")
+        if len(encoded) >= 3:
             rows.append(row)
-            chunks.append(data)
-        elif data:
-            out[row, zlib.crc32(data) % dim] = 1.0
+            chunks.append(encoded)
+        elif encoded:
+            out[row, zlib.crc32(encoded) % dim] = 1.0
     if not rows:
         return out
     lengths = np.fromiter(map(len, chunks), dtype=np.intp, count=len(chunks))

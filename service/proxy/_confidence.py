@@ -127,7 +127,7 @@ def _finite(value: Any) -> float | None:
 
 
 @lru_cache(maxsize=16)
-def _field_names(cls: type) -> tuple[str, ...]:
+def _field_names(cls: Any) -> tuple[str, ...]:
     """A score dataclass's field names (`dataclasses.fields` rebuilds its tuple per call)."""
     return tuple(f.name for f in fields(cls))
 
@@ -135,7 +135,7 @@ def _field_names(cls: type) -> tuple[str, ...]:
 def _features(score: Any, signals: Mapping[str, float | None] | None = None) -> dict[str, Any]:
     """What is recorded with the prediction: the score's fields, plus finite named signals."""
     out: dict[str, Any] = {}
-    for name in _field_names(type(score)):
+    for name in _field_names(score.__class__):
         value = getattr(score, name)
         out[name] = list(value) if isinstance(value, tuple) else value
     kept = {name: v for name, value in (signals or {}).items() if (v := _finite(value)) is not None}
