@@ -12,6 +12,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
+from service.store.rows import json_dumps
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 # Any constant works; it only has to be the same in every replica (pg_advisory_xact_lock key).
@@ -35,7 +37,7 @@ def create_store_engine(url: str | URL) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed)
     kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20}
-    return sa.create_engine(parsed, **kwargs)
+    return sa.create_engine(parsed, json_serializer=json_dumps, **kwargs)
 
 
 def _sqlite_engine(url: URL) -> Engine:
@@ -48,11 +50,16 @@ def _sqlite_engine(url: URL) -> Engine:
     in_memory = database in ("", ":memory:") or database.startswith("file::memory:")
     if in_memory:
         engine = sa.create_engine(
-            url, poolclass=StaticPool, connect_args={"check_same_thread": False}
+            url,
+            poolclass=StaticPool,
+            connect_args={"check_same_thread": False},
+            json_serializer=json_dumps,
         )
     else:
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"check_same_thread": False})
+        engine = sa.create_engine(
+            url, connect_args={"check_same_thread": False}, json_serializer=json_dumps
+        )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
