@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -63,3 +64,22 @@ def test_cli_start_refuses_an_unprepared_vlm(tmp_path, monkeypatch) -> None:
     assert "calib engine prepare --model tiny-vlm" in " ".join(result.output.split())
     bad = CliRunner().invoke(app, ["engine", "start", "--model", "nope"])
     assert bad.exit_code == 2
+
+
+def test_train_recipe_chains_each_run_to_the_files_it_needs(tmp_path) -> None:
+    """Every `{outK}`/`{codesK}` names an earlier run's output, which train_codes.py writes."""
+    from service.engine.vlm.prepare import TRAIN_RECIPE, recipe_commands
+
+    commands = recipe_commands(Path("py"), Path("gemma"), tmp_path / "w.safetensors")
+    assert len(commands) == len(TRAIN_RECIPE)
+    written: set[str] = set()
+    for cmd, out in commands:
+        assert cmd[1].endswith("train_codes.py") and cmd[3] == str(out)
+        assert "{" not in " ".join(cmd)
+        for flag in ("--init", "--codes-in"):
+            if flag in cmd:
+                assert cmd[cmd.index(flag) + 1] in written
+        written |= {str(out), str(out.with_suffix(".codes.safetensors"))}
+        assert cmd[-2:] == ["--threads", "1"]
+    first = commands[0][0]
+    assert int(first[first.index("--code-steps") + 1]) > 0  # the code table comes first

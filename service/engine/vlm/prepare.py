@@ -22,15 +22,36 @@ WEIGHTS_FILE = _HERE / "tiny_vlm_vision.safetensors"
 _SHIM = _HERE / "torchvision_shim.py"
 _SHIM_MODULE = "calib_torchvision_shim"
 _PTH = "calib-torchvision-shim.pth"
-#: The train.py runs that made the committed weights, in order (with train.py's defaults); each
-#: run after the first continues from the previous one's output (`--init`).
+#: The train_codes.py runs that made the committed weights, in order (docs/engine.md): the code
+#: table through the frozen LM, the tower's pre-training in two runs, then the regression onto the
+#: codes in two. `{outK}` / `{codesK}` name run K's weights / code table.
 TRAIN_RECIPE: tuple[tuple[str, ...], ...] = (
-    (
-        "--pre-steps", "700", "--pre-batch", "32", "--pre-lr", "1e-3",
-        "--steps", "250", "--batch", "4", "--lr", "1e-3", "--tower-lr-scale", "0.1",
-        "--eval-n", "8", "--threads", "1",
-    ),
+    ("--code-steps", "600", "--code-batch", "16", "--code-lr", "0.05", "--steps", "0",
+     "--eval-n", "16"),
+    ("--code-steps", "0", "--steps", "2000", "--batch", "32", "--mse", "0", "--aux", "1",
+     "--eval-n", "0"),
+    ("--init", "{out1}", "--code-steps", "0", "--steps", "4000", "--batch", "32", "--mse", "0",
+     "--aux", "1", "--eval-n", "0"),
+    ("--codes-in", "{codes0}", "--init", "{out2}", "--code-steps", "0", "--steps", "3000",
+     "--batch", "32", "--eval-n", "8"),
+    ("--codes-in", "{codes0}", "--init", "{out3}", "--code-steps", "0", "--steps", "4000",
+     "--batch", "32", "--lr", "5e-4", "--eval-n", "8"),
 )  # fmt: skip
+_TRAIN_SCRIPT = _HERE / "train_codes.py"
+
+
+def recipe_commands(python: Path, gemma_dir: Path, work: Path) -> list[tuple[list[str], Path]]:
+    """(command, output) of every TRAIN_RECIPE run, placeholders filled with `work`'s files."""
+    names: dict[str, str] = {}
+    commands = []
+    for i, args in enumerate(TRAIN_RECIPE):
+        out = work.with_suffix(f".stage{i}.safetensors")
+        names[f"out{i}"] = str(out)
+        names[f"codes{i}"] = str(out.with_suffix(".codes.safetensors"))
+        filled = [a.format(**names) for a in args]
+        cmd = [str(python), str(_TRAIN_SCRIPT), str(gemma_dir), str(out), *filled, "--threads", "1"]
+        commands.append((cmd, out))
+    return commands
 
 
 def site_packages(layout: EngineLayout) -> Path:
@@ -66,21 +87,16 @@ def install_torchvision(layout: EngineLayout, run: Run, report: Report) -> None:
 
 
 def weights_for(layout: EngineLayout, run: Run, report: Report) -> Path:
-    """The vision weights: the committed file, or train them now (~10 min on 2 cores)."""
+    """The vision weights: the committed file, or train them now with TRAIN_RECIPE."""
     if WEIGHTS_FILE.exists():
         return WEIGHTS_FILE
     trained = layout.models_dir / "tiny-vlm-vision.safetensors"
     if not trained.exists():
-        report("training the VLM's vision tower (no committed weights found; ~15 min)")
-        previous: Path | None = None
-        for i, args in enumerate(TRAIN_RECIPE):
-            out = trained.with_suffix(f".stage{i}.safetensors")
-            init = ["--init", str(previous)] if previous else []
-            run([str(layout.venv_python), str(_HERE / "train.py"), str(layout.model_dir),
-                 str(out), *args, *init])  # fmt: skip
-            previous = out
-        assert previous is not None
-        previous.rename(trained)
+        report("training the VLM's vision tower (no committed weights found; ~75 min on 2 cores)")
+        commands = recipe_commands(layout.venv_python, layout.model_dir, trained)
+        for cmd, _ in commands:
+            run(cmd)
+        commands[-1][1].rename(trained)
     return trained
 
 

@@ -1,6 +1,10 @@
-"""Train the tiny VLM's vision tower + projector through the frozen Gemma 3 270M (engine venv).
+"""The tiny VLM's first recipe: the vision tower + projector through the frozen Gemma 3 270M.
 
     python train.py GEMMA_DIR OUT.safetensors [--pre-steps N] [--steps N] [--seed S] ...
+
+Superseded by train_codes.py (the committed weights' recipe), which imports this module's
+pictures, prompts and weight files; this end-to-end recipe stays as the measured baseline
+(docs/engine.md) and for LM-in-the-loop experiments.
 
 Only the ~2.5 M vision parameters learn; the language model is frozen and stays bit-identical to
 the text engine's. Two stages (docs/engine.md):

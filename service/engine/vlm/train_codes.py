@@ -1,13 +1,11 @@
-"""An alternative training recipe for the tiny VLM: a code table, then regression (engine venv).
+"""The tiny VLM's training recipe: a code table, then regression onto it (engine venv).
 
     python train_codes.py GEMMA_DIR OUT.safetensors [--code-steps N] [--steps N] [--seed S] ...
 
-EXPERIMENTAL — not what `calib engine prepare` runs: the committed weights come from train.py
-(TRAIN_RECIPE in prepare.py). This recipe was tried to get past train.py's bottleneck
-(backpropagating through the LM for every picture) and, in the ~45 minutes of CPU it had on the
-oversubscribed 2-core machine, did worse than the committed weights on the training script's
-held-out check (docs/engine.md, "An alternative recipe"); it is kept because its stages are cheap
-to continue and its bottleneck is measured.
+The committed weights come from this script's runs in `TRAIN_RECIPE` (service/engine/vlm/
+prepare.py, which also runs them when the weights file is missing). It replaced train.py's
+recipe (backpropagating through the LM for every picture), which stalled at difficulty-0 accuracy
+0.55 in the time it had (docs/engine.md has both runs' numbers).
 
 Only the vision parameters learn; the language model is frozen. The LM is only in the loop
 where it is cheap:
@@ -29,7 +27,6 @@ where it is cheap:
 3. *Optional LM-in-the-loop tune* (`--tune-steps`): the LM's cross-entropy on real pictures into
    the projector only.
 
-The runs that were measured (seed 0, 1 thread; `{outK}`/`{codesK}`: run K's files) are RECIPE.
 Pictures come from `service/datasets/vision.py` (loaded by path) with training seed streams that
 never produce the evaluation seeds' pictures. Seeded: the same arguments and thread count give
 the same weights.
@@ -67,15 +64,6 @@ from train import (  # the same pictures, prompts, letters and weight files as t
     save,
 )
 
-#: The measured runs (docs/engine.md), in order; see the module docstring.
-RECIPE: tuple[tuple[str, ...], ...] = (
-    ("--code-steps", "80", "--code-batch", "4", "--code-lr", "0.05", "--steps", "0",
-     "--eval-n", "4"),
-    ("--code-steps", "0", "--steps", "1200", "--batch", "32", "--mse", "0", "--aux", "1",
-     "--eval-n", "0"),
-    ("--codes-in", "{codes0}", "--init", "{out1}", "--code-steps", "0", "--steps", "600",
-     "--batch", "32", "--eval-n", "8"),
-)  # fmt: skip
 VALUES = len(LETTERS)  # a family's 4 values + absent (answer E)
 ABSENT = VALUES - 1
 #: How often each difficulty is drawn in training.
