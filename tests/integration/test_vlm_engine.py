@@ -81,27 +81,14 @@ def test_image_formats_reach_the_model(gw: httpx.Client, questions, fmt: str) ->
     assert body["usage"]["prompt_tokens"] > 16  # the 16 image tokens are in the prompt
 
 
-def test_the_answer_follows_the_picture(gw: httpx.Client, questions) -> None:
-    """Same question text, four clean pictures of four colours: four different answers."""
-    rng = random.Random(7)
-    template = next(q for q in questions if q.family == "colour")
-    answers = {}
-    for _ in range(40):
-        scene = draw_scene("colour", 0, rng)
-        assert scene.answer_index is not None
-        if scene.answer_index in answers:
-            continue
-        r = _ask(gw, template.with_image(png_data_url(scene.image)))
-        assert r.status_code == 200, r.text
-        answers[scene.answer_index] = r.json()["calibration"]["answer"]
-        if len(answers) == 4:
-            break
-    assert {i: "ABCD"[i] for i in answers} == answers
+#: Clean pictures of each family's four values that must get their own letter. Count gets one
+#: miss: its crowded large shapes are the model's weakest cell (docs/engine.md).
+_FOLLOWS = {"colour": 4, "shape": 4, "count": 3, "position": 4}
 
 
-@pytest.mark.parametrize("family", ["shape", "count", "position"])
-def test_every_family_follows_the_picture(gw: httpx.Client, questions, family: str) -> None:
-    """The families that need more than colour: clean pictures of all four values, four answers."""
+@pytest.mark.parametrize("family", list(_FOLLOWS))
+def test_the_answer_follows_the_picture(gw: httpx.Client, questions, family: str) -> None:
+    """Same question text, clean pictures of the family's four values: their four letters."""
     rng = random.Random(f"follow:{family}")
     template = next(q for q in questions if q.family == family)
     answers = {}
@@ -116,7 +103,7 @@ def test_every_family_follows_the_picture(gw: httpx.Client, questions, family: s
         if len(answers) == 4:
             break
     right = sum(answers[i] == "ABCD"[i] for i in answers)
-    assert len(answers) == 4 and right >= 3, (family, answers)
+    assert len(answers) == 4 and right >= _FOLLOWS[family], (family, answers)
 
 
 def test_accuracy_and_confidence_fall_with_difficulty(gw: httpx.Client) -> None:

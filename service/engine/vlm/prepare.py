@@ -24,7 +24,7 @@ _SHIM_MODULE = "calib_torchvision_shim"
 _PTH = "calib-torchvision-shim.pth"
 #: The train_codes.py runs that made the committed weights, in order (docs/engine.md): the code
 #: table through the frozen LM, the tower's pre-training in two runs, then the regression onto the
-#: codes in two. `{outK}` / `{codesK}` name run K's weights / code table.
+#: codes in three (the last one adds empty frames). `{outK}` / `{codesK}` name run K's weights / code table.
 TRAIN_RECIPE: tuple[tuple[str, ...], ...] = (
     ("--code-steps", "600", "--code-batch", "16", "--code-lr", "0.05", "--steps", "0",
      "--eval-n", "16"),
@@ -36,6 +36,8 @@ TRAIN_RECIPE: tuple[tuple[str, ...], ...] = (
      "--batch", "32", "--eval-n", "8"),
     ("--codes-in", "{codes0}", "--init", "{out3}", "--code-steps", "0", "--steps", "4000",
      "--batch", "32", "--lr", "5e-4", "--eval-n", "8"),
+    ("--codes-in", "{codes0}", "--init", "{out4}", "--code-steps", "0", "--steps", "2000",
+     "--batch", "32", "--lr", "3e-4", "--blank-share", "0.1", "--eval-n", "8"),
 )  # fmt: skip
 _TRAIN_SCRIPT = _HERE / "train_codes.py"
 

@@ -45,10 +45,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 from model import (
+    IMAGE_SIZE,
     IMAGE_TOKENS,
     SLOT_TOKENS,
     SLOTS,
@@ -221,12 +223,19 @@ def codes_report(trainer: Trainer, n: int) -> dict[str, float]:
 
 
 def sample_pictures(
-    trainer: Trainer, rng: random.Random, batch: int
+    trainer: Trainer, rng: random.Random, batch: int, blank_share: float = 0.0
 ) -> tuple[list, list[dict[str, int | None]], list[int]]:  # type: ignore[type-arg]
-    """Pictures from every family's generator, each with all the answers it defines."""
+    """Pictures from every family's generator, each with all the answers it defines; a
+    `blank_share` of them show nothing to recognise (`blank_picture`), answer E for every
+    question."""
     vision = trainer.vision
     images, attributes, levels = [], [], []
     for _ in range(batch):
+        if blank_share and rng.random() < blank_share:
+            images.append(blank_picture(rng))
+            attributes.append(dict.fromkeys(SLOTS, ABSENT))
+            levels.append(-1)
+            continue
         family = rng.choice(vision.FAMILIES)
         level = rng.choices(vision.DIFFICULTIES, TRAIN_DIFFICULTY_WEIGHTS)[0]
         scene = vision.draw_scene(family, level, rng, rng.random() >= 0.1)
@@ -234,6 +243,22 @@ def sample_pictures(
         attributes.append(scene.attributes)
         levels.append(level)
     return images, attributes, levels
+
+
+def blank_picture(rng: random.Random) -> Image.Image:
+    """A picture with no shape in it: one flat colour, or uniform pixel noise.
+
+    The generator's unanswerable pictures are all its light-grey background; without these the
+    tower has never seen another empty frame and maps one to codes the LM reads as no letter at
+    all. An empty frame of any colour, or static, should read as "I don't know" (E) — which is also
+    what the gateway's visual-reliance probe shows the model (its blank and noise perturbations).
+    """
+    size = IMAGE_SIZE
+    if rng.random() < 0.5:
+        colour = tuple(rng.randrange(256) for _ in range(3))
+        return Image.new("RGB", (size, size), colour)  # type: ignore[arg-type]
+    noise = np.random.default_rng(rng.randrange(2**32)).integers(0, 256, (size, size, 3))
+    return Image.fromarray(noise.astype(np.uint8), "RGB")
 
 
 def regression_targets(
@@ -269,7 +294,7 @@ def train_tower(trainer: Trainer, args: argparse.Namespace) -> dict[str, object]
     for step in range(args.steps):
         for group in opt.param_groups:
             group["lr"] = cosine_lr(args.lr, step, args.steps, 100)
-        images, attributes, _ = sample_pictures(trainer, rng, args.batch)
+        images, attributes, _ = sample_pictures(trainer, rng, args.batch, args.blank_share)
         targets, weights, labels = regression_targets(trainer, attributes)
         out = trainer.tower(pixel_values=pixels(images), output_hidden_states=True)
         hidden = out.hidden_states[-1][:, 1:]
@@ -416,6 +441,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--aux", type=float, default=0.5, help="weight of the per-slot heads")
+    parser.add_argument(
+        "--blank-share", type=float, default=0.0, help="share of empty pictures (flat or noise)"
+    )
     parser.add_argument("--mse", type=float, default=1.0, help="0: pre-train the tower's heads")
     parser.add_argument("--tune-steps", type=int, default=0)
     parser.add_argument("--tune-batch", type=int, default=8)
