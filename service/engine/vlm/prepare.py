@@ -24,7 +24,8 @@ _SHIM_MODULE = "calib_torchvision_shim"
 _PTH = "calib-torchvision-shim.pth"
 #: The train_codes.py runs that made the committed weights, in order (docs/engine.md): the code
 #: table through the frozen LM, the tower's pre-training in two runs, then the regression onto the
-#: codes in three (the last one adds empty frames). `{outK}` / `{codesK}` name run K's weights / code table.
+#: codes in three (the last one adds empty frames). `{outK}` / `{codesK}` name run K's weights /
+#: code table.
 TRAIN_RECIPE: tuple[tuple[str, ...], ...] = (
     ("--code-steps", "600", "--code-batch", "16", "--code-lr", "0.05", "--steps", "0",
      "--eval-n", "16"),

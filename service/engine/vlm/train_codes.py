@@ -229,7 +229,9 @@ def sample_pictures(
     `blank_share` of them show nothing to recognise (`blank_picture`), answer E for every
     question."""
     vision = trainer.vision
-    images, attributes, levels = [], [], []
+    images: list = []  # type: ignore[type-arg]
+    attributes: list[dict[str, int | None]] = []
+    levels: list[int] = []
     for _ in range(batch):
         if blank_share and rng.random() < blank_share:
             images.append(blank_picture(rng))
