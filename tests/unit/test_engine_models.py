@@ -12,7 +12,13 @@ from clients.cli import app
 from service.engine import EngineLayout, NotPreparedError
 from service.engine.models import require_prepared, settings_for
 from service.engine.process import build_command
-from service.engine.vlm.prepare import site_packages, vlm_is_prepared
+from service.engine.vlm.prepare import (
+    WEIGHTS_FILE,
+    site_packages,
+    vlm_is_assembled,
+    vlm_is_prepared,
+    weights_digest,
+)
 
 
 def test_tiny_vlm_serves_its_folder_on_8012(tmp_path, monkeypatch) -> None:
@@ -48,13 +54,26 @@ def test_unprepared_vlm_says_what_to_run(tmp_path) -> None:
     require_prepared("gemma-3-270m", layout)  # the text model's check is start()'s own
     # Prepared = assembled folder + torchvision and the shim in the engine virtualenv.
     layout.vlm_dir.mkdir(parents=True)
-    layout.vlm_marker.write_text("{}")
+    layout.vlm_marker.write_text(json.dumps({"weights_sha256": weights_digest(WEIGHTS_FILE)}))
     assert not vlm_is_prepared(layout)
     sp = site_packages(layout)
     (sp / "torchvision-0.28.0.dist-info").mkdir(parents=True)
     (sp / "calib_torchvision_shim.py").write_text("")
     (sp / "calib-torchvision-shim.pth").write_text("")
     assert vlm_is_prepared(layout)
+
+
+def test_a_folder_assembled_from_other_weights_is_not_prepared(tmp_path) -> None:
+    """New committed weights (an update) make prepare assemble again instead of serving the old."""
+    layout = EngineLayout(tmp_path)
+    layout.vlm_dir.mkdir(parents=True)
+    for marker in ({}, {"weights_sha256": "0" * 64}, []):
+        layout.vlm_marker.write_text(json.dumps(marker))
+        assert not vlm_is_assembled(layout)
+    layout.vlm_marker.write_text("not json")
+    assert not vlm_is_assembled(layout)
+    layout.vlm_marker.write_text(json.dumps({"weights_sha256": weights_digest(WEIGHTS_FILE)}))
+    assert vlm_is_assembled(layout)
 
 
 def test_cli_start_refuses_an_unprepared_vlm(tmp_path, monkeypatch) -> None:

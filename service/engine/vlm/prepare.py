@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sysconfig
@@ -72,9 +73,31 @@ def torchvision_ready(layout: EngineLayout) -> bool:
     )
 
 
+def weights_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def vlm_is_assembled(layout: EngineLayout) -> bool:
+    """True when the VLM folder was assembled from the committed weights as they are now.
+
+    The digest, not the file's presence: after an update that ships new weights (same size, same
+    name), an existing data dir would otherwise keep serving the old tower without a word.
+    """
+    if not layout.vlm_marker.exists():
+        return False
+    if not WEIGHTS_FILE.exists():  # weights trained by prepare: the folder is their assembly
+        return True
+    try:
+        recorded = json.loads(layout.vlm_marker.read_text()).get("weights_sha256")
+    except (ValueError, AttributeError):
+        return False
+    return bool(recorded == weights_digest(WEIGHTS_FILE))
+
+
 def vlm_is_prepared(layout: EngineLayout) -> bool:
-    """True when the VLM folder is assembled and torchvision imports in the engine virtualenv."""
-    return layout.vlm_marker.exists() and torchvision_ready(layout)
+    """True when the VLM folder is assembled from the current weights and torchvision imports in
+    the engine virtualenv."""
+    return vlm_is_assembled(layout) and torchvision_ready(layout)
 
 
 def install_torchvision(layout: EngineLayout, run: Run, report: Report) -> None:
@@ -109,6 +132,7 @@ def assemble_vlm(layout: EngineLayout, weights: Path, run: Run, report: Report) 
          str(weights), str(layout.vlm_dir)])  # fmt: skip
     marker = json.loads(layout.vlm_marker.read_text())
     marker["weights_bytes"] = weights.stat().st_size
+    marker["weights_sha256"] = weights_digest(weights)
     layout.vlm_marker.write_text(json.dumps(marker, indent=2) + "\n")
 
 
@@ -126,7 +150,7 @@ def prepare_vlm(layout: EngineLayout, run: Run, report: Report, step: Step) -> N
     )
     step(
         "vlm-assemble",
-        layout.vlm_marker.exists(),
+        vlm_is_assembled(layout),
         lambda: assemble_vlm(layout, weights[0] if weights else weights_for(layout, run, report),
                              run, report),
     )  # fmt: skip
