@@ -46,30 +46,24 @@ def json_safe(value: Any) -> Any:
         return value
     if kind is dict:
         return {
-            key if type(key) is str else str(key): _safe_item(item) for key, item in value.items()
+            key if type(key) is str else str(key): json_safe(item) for key, item in value.items()
         }
     if kind is list or kind is tuple:
-        return [_safe_item(item) for item in value]
+        return _safe_list(value)
     return _json_safe_other(value)
 
 
-def _safe_item(value: Any) -> Any:
-    kind = type(value)
-    if kind is float:
-        return value if _isfinite(value) else None
-    if kind in _AS_IS:
-        return value
-    if kind is list:
-        out = []
-        for item in value:
-            if type(item) is float:
-                out.append(item if _isfinite(item) else None)
-            elif type(item) in _AS_IS:
-                out.append(item)
-            else:
-                out.append(json_safe(item))
-        return out
-    return json_safe(value)
+def _safe_list(values: list[Any] | tuple[Any, ...]) -> list[Any]:
+    out = []
+    for item in values:
+        kind = type(item)
+        if kind is float:
+            out.append(item if _isfinite(item) else None)
+        elif kind in _AS_IS:
+            out.append(item)
+        else:
+            out.append(json_safe(item))
+    return out
 
 
 def _json_safe_other(value: Any) -> Any:
