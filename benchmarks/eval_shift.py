@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if not refit["activated"]:  # a version is needed for a reference: keep T = 1
                 client.put(
                     f"/v1/calibration/models/{MODEL}/profile",
-                    json={"task": TASK, "notes": "eval_shift: refit rejected"},
+                    json={"task": TASK, "temperature": 1.0, "notes": "eval_shift: refit rejected"},
                 ).raise_for_status()
             held = ask_all(client, questions(args.seed + 1, args.heldout, (0, 1, 2)), args.workers)
             report = shift_report(client)
