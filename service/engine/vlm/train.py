@@ -91,6 +91,12 @@ class Prompts:
 
 
 class Trainer:
+    """The frozen LM and the vision modules; the LM's answer logits for given image tokens."""
+
+    #: Run the LM under bf16 autocast (as the engine serves it; ~3x faster than fp32 on
+    #: AVX512-BF16 CPUs). This recipe's committed runs used fp32.
+    bf16 = False
+
     def __init__(self, gemma_dir: str, seed: int) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -118,24 +124,28 @@ class Trainer:
             self._prefix_cache[key] = out.past_key_values
         return copy.deepcopy(self._prefix_cache[key])
 
-    def logits(self, family: str, images: list, letters: list[int] | None) -> torch.Tensor:  # type: ignore[type-arg]
-        """(batch, vocab) logits at the answer position."""
-        batch = len(images)
-        feats = image_features(self.tower, self.projector, pixels(images))
+    def features(self, images: list) -> torch.Tensor:  # type: ignore[type-arg]
+        """The image tokens the tower + projector make of `images`."""
+        return image_features(self.tower, self.projector, pixels(images))
+
+    def logits(self, family: str, feats: torch.Tensor) -> torch.Tensor:
+        """(batch, vocab) logits at the answer position for image tokens `feats`."""
+        batch = feats.shape[0]
         suffix = torch.tensor([self.prompts.suffix[family]] * batch)
         embeds = torch.cat([feats, self.embed(suffix)], dim=1)
         cache = self.prefix_cache(family, batch)
         start = len(self.prompts.prefix[family])
         positions = torch.arange(start, start + embeds.shape[1])
-        out = self.lm(
-            inputs_embeds=embeds,
-            past_key_values=cache,
-            cache_position=positions,
-            position_ids=positions.unsqueeze(0).expand(batch, -1),
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        return out.logits[:, -1]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            out = self.lm(
+                inputs_embeds=embeds,
+                past_key_values=cache,
+                cache_position=positions,
+                position_ids=positions.unsqueeze(0).expand(batch, -1),
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        return out.logits[:, -1].float()
 
     def sample(
         self, rng: random.Random, family: str, batch: int, difficulty: int | None = None
@@ -259,7 +269,7 @@ def train(args: argparse.Namespace) -> dict[str, object]:
             if not rows:
                 continue
             targets = torch.tensor(answer_ids)
-            logits = trainer.logits(family, [images[i] for i in rows], None)
+            logits = trainer.logits(family, trainer.features([images[i] for i in rows]))
             losses.append(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
             right += int((logits.argmax(-1) == targets).sum())
             total += len(rows)
@@ -304,7 +314,7 @@ def evaluate(trainer: Trainer, n: int) -> dict[str, float]:
     for family in trainer.vision.FAMILIES:
         for difficulty in trainer.vision.DIFFICULTIES:
             images, answers = trainer.sample(rng, family, n, difficulty)
-            logits = trainer.logits(family, images, None)
+            logits = trainer.logits(family, trainer.features(images))
             top = logits.argmax(-1).tolist()
             for a, t in zip(answers, top, strict=True):
                 right.setdefault(f"d{difficulty}", []).append(t == letters[a])
