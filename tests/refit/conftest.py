@@ -7,25 +7,19 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import Gateway, start_gateway
+from tests.conftest import Gateway
+from tests.refit.helpers import refit_client, start_refit_gateway
 from tests.upstream_double import UpstreamDouble
 
 
 @pytest.fixture(scope="module")
 def refit_gateway(upstream_double: UpstreamDouble, tmp_path_factory) -> Iterator[Gateway]:
-    db = tmp_path_factory.mktemp("refit") / "calib.db"
-    gw = start_gateway(
-        upstream_double.base_url,
-        db,
-        refit_enabled=False,
-        refit_executor="thread",
-        refit_min_labels=50,
-    )
+    gw = start_refit_gateway(upstream_double.base_url, tmp_path_factory, "refit")
     yield gw
     gw.server.stop()
 
 
 @pytest.fixture
 def api(refit_gateway: Gateway, double: UpstreamDouble) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=refit_gateway.url, timeout=60.0) as c:
+    with refit_client(refit_gateway) as c:
         yield c

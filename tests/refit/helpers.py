@@ -12,8 +12,9 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import httpx
 import numpy as np
 import sqlalchemy as sa
 
@@ -23,7 +24,30 @@ from service.store.features import split_features
 from service.store.records import utcnow
 from tests.upstream_double import JSONReply, chat_response
 
+if TYPE_CHECKING:
+    from tests.conftest import Gateway
+
 OPTIONS = ["A", "B", "C", "D"]
+
+
+def start_refit_gateway(
+    upstream_url: str, tmp_path_factory: Any, name: str, **settings: Any
+) -> Gateway:
+    """A gateway of the refit tests' own (fresh SQLite file; refits only when a test asks, on a
+    thread, from 50 labels); `settings` add to or override those."""
+    from tests.conftest import start_gateway  # not at import: benchmarks use this module too
+
+    defaults: dict[str, Any] = {
+        "refit_enabled": False,
+        "refit_executor": "thread",
+        "refit_min_labels": 50,
+    }
+    db = tmp_path_factory.mktemp(name) / "calib.db"
+    return start_gateway(upstream_url, db, **(defaults | settings))
+
+
+def refit_client(gateway: Gateway) -> httpx.Client:
+    return httpx.Client(base_url=gateway.url, timeout=60.0)
 
 
 @dataclass

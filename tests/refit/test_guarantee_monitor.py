@@ -18,8 +18,8 @@ from service.guarantee_monitor import (
     selective_risk_state,
     set_coverage_state,
 )
-from tests.conftest import Gateway, start_gateway
-from tests.refit.helpers import OPTIONS, OptionItem, option_items
+from tests.conftest import Gateway
+from tests.refit.helpers import OPTIONS, OptionItem, option_items, refit_client, start_refit_gateway
 from tests.refit.sets_helpers import T_TRUE, ask, train
 from tests.upstream_double import UpstreamDouble
 
@@ -30,14 +30,8 @@ TARGET_RISK = 0.3
 
 @pytest.fixture(scope="module")
 def monitor_gateway(upstream_double: UpstreamDouble, tmp_path_factory) -> Iterator[Gateway]:
-    db = tmp_path_factory.mktemp("monitor") / "calib.db"
-    gw = start_gateway(
-        upstream_double.base_url,
-        db,
-        refit_enabled=False,
-        refit_executor="thread",
-        refit_min_labels=50,
-        refit_target_risk=TARGET_RISK,
+    gw = start_refit_gateway(
+        upstream_double.base_url, tmp_path_factory, "monitor", refit_target_risk=TARGET_RISK
     )
     yield gw
     gw.server.stop()
@@ -46,7 +40,7 @@ def monitor_gateway(upstream_double: UpstreamDouble, tmp_path_factory) -> Iterat
 @pytest.fixture
 def api(monitor_gateway: Gateway, double: UpstreamDouble) -> Iterator[httpx.Client]:
     monitor_gateway.app.state.metrics_cache_seconds = 0.0
-    with httpx.Client(base_url=monitor_gateway.url, timeout=60.0) as client:
+    with refit_client(monitor_gateway) as client:
         yield client
 
 

@@ -20,8 +20,14 @@ import pytest
 
 from calibrators import prediction_set
 from service.store import Store
-from tests.conftest import GATEWAY_MODELS, Gateway, start_gateway
-from tests.refit.helpers import OPTIONS, OptionItem, option_items
+from tests.conftest import GATEWAY_MODELS, Gateway
+from tests.refit.helpers import (
+    OPTIONS,
+    OptionItem,
+    option_items,
+    refit_client,
+    start_refit_gateway,
+)
 from tests.refit.sets_helpers import T_TRUE, ask, body_for, train
 from tests.upstream_double import (
     JSONReply,
@@ -36,22 +42,14 @@ MODELS = {**GATEWAY_MODELS, "mcq-80": {"options": OPTIONS, "set_coverage": 0.8}}
 
 @pytest.fixture(scope="module")
 def sets_gateway(upstream_double: UpstreamDouble, tmp_path_factory) -> Iterator[Gateway]:
-    db = tmp_path_factory.mktemp("sets") / "calib.db"
-    gw = start_gateway(
-        upstream_double.base_url,
-        db,
-        models=MODELS,
-        refit_enabled=False,
-        refit_executor="thread",
-        refit_min_labels=50,
-    )
+    gw = start_refit_gateway(upstream_double.base_url, tmp_path_factory, "sets", models=MODELS)
     yield gw
     gw.server.stop()
 
 
 @pytest.fixture
 def api(sets_gateway: Gateway, double: UpstreamDouble) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=sets_gateway.url, timeout=60.0) as client:
+    with refit_client(sets_gateway) as client:
         yield client
 
 
@@ -65,7 +63,7 @@ def _check_band(sets: list[list[str]], items: list[OptionItem], target: float) -
 @pytest.fixture(scope="module")
 def trained(sets_gateway: Gateway, upstream_double: UpstreamDouble) -> dict:
     upstream_double.reset()
-    with httpx.Client(base_url=sets_gateway.url, timeout=60.0) as client:
+    with refit_client(sets_gateway) as client:
         outcome = train(client, upstream_double, "mcq", "sets", 5000, seed=101)
     upstream_double.reset()
     return outcome

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import Gateway, start_gateway
+from tests.conftest import Gateway
+from tests.refit.helpers import refit_client, start_refit_gateway
 from tests.upstream_double import UpstreamDouble, vision_reply
 
 OPTIONS = ["A", "B", "C", "D"]
@@ -42,13 +43,9 @@ def _blank_probs(body: dict) -> list[float]:
 
 @pytest.fixture(scope="module")
 def probe_refit_gateway(upstream_double: UpstreamDouble, tmp_path_factory) -> Iterator[Gateway]:
-    gw = start_gateway(
-        upstream_double.base_url,
-        tmp_path_factory.mktemp("visual-refit") / "calib.db",
-        models={"vlm": {"options": OPTIONS, "visual_probe": {"enabled": True}}},
-        refit_enabled=False,
-        refit_executor="thread",
-        refit_min_labels=50,
+    models = {"vlm": {"options": OPTIONS, "visual_probe": {"enabled": True}}}
+    gw = start_refit_gateway(
+        upstream_double.base_url, tmp_path_factory, "visual-refit", models=models
     )
     yield gw
     gw.server.stop()
@@ -56,7 +53,7 @@ def probe_refit_gateway(upstream_double: UpstreamDouble, tmp_path_factory) -> It
 
 @pytest.fixture
 def api(probe_refit_gateway: Gateway, double: UpstreamDouble) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=probe_refit_gateway.url, timeout=60.0) as client:
+    with refit_client(probe_refit_gateway) as client:
         yield client
 
 
