@@ -38,6 +38,7 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks._table import table
 from benchmarks.fast_upstream import loop_factory
 from benchmarks.loadgen import LoadResult, run_load
 
@@ -319,15 +320,7 @@ def format_table(rows: list[Row], *, markdown: bool = False) -> str:
         ]
         for r in rows
     ]
-    if markdown:
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        lines += ["| " + " | ".join(cells) + " |" for cells in body]
-        return "\n".join(lines)
-    widths = [max(len(h), *(len(c[i]) for c in body)) for i, h in enumerate(head)]
-    lines = ["  ".join(h.rjust(w) for h, w in zip(head, widths, strict=True))]
-    lines.append("-" * len(lines[0]))
-    lines += ["  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True)) for cells in body]
-    return "\n".join(lines)
+    return table(head, body, markdown)
 
 
 def main(argv: list[str] | None = None) -> list[Row]:

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks._table import table
 from benchmarks.bench_overhead import _free_port, _taskset, _wait, bodies, pct
 from benchmarks.fast_upstream import loop_factory
 from benchmarks.loadgen import LoadResult, run_load
@@ -355,15 +356,7 @@ def format_table(rows: list[Row], *, markdown: bool = False) -> str:
                 r.note or str(r.errors),
             ]
         )
-    if markdown:
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        lines += ["| " + " | ".join(cells) + " |" for cells in body]
-        return "\n".join(lines)
-    widths = [max(len(h), *(len(c[i]) for c in body)) for i, h in enumerate(head)]
-    lines = ["  ".join(h.rjust(w) for h, w in zip(head, widths, strict=True))]
-    lines.append("-" * len(lines[0]))
-    lines += ["  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True)) for cells in body]
-    return "\n".join(lines)
+    return table(head, body, markdown)
 
 
 def main(argv: list[str] | None = None) -> list[Row]:

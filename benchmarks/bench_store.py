@@ -47,6 +47,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from benchmarks._table import table
 from service.store import PredictionRecord, PredictionWriter, Store
 from service.store.features import split_features
 from service.store.records import utcnow
@@ -430,18 +431,6 @@ def bench_refit(
 
 
 # ----------------------------------------------------------------------------- output
-
-
-def table(head: list[str], rows: list[list[str]], markdown: bool) -> str:
-    if markdown:
-        out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        return "\n".join(out + ["| " + " | ".join(r) + " |" for r in rows])
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(head)]
-    out = ["  ".join(h.rjust(w) for h, w in zip(head, widths, strict=True))]
-    out.append("-" * len(out[0]))
-    return "\n".join(
-        out + ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    )
 
 
 def main(argv: list[str] | None = None) -> None:
