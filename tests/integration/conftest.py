@@ -12,15 +12,39 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from service import engine as embedded
 from service.engine import EngineLayout, EngineSettings
+from tests.conftest import start_gateway
 
 #: Generous: a fresh machine installs the engine virtualenv and converts the model first.
 ENGINE_TEST_TIMEOUT_S = 1800
+
+
+@contextmanager
+def gateway_client(
+    engine_url: str,
+    db: Path,
+    *,
+    upstream_timeout_s: float = 300.0,
+    client_timeout_s: float = 300.0,
+    **settings: Any,
+) -> Iterator[httpx.Client]:
+    """A real gateway (SQLite file `db`) in front of a real engine, and a client for it; the
+    gateway stops when the block ends. Timeouts are long: the CPU engine is slow under load."""
+    gateway = start_gateway(engine_url, db, upstream_timeout_s=upstream_timeout_s, **settings)
+    try:
+        with httpx.Client(base_url=gateway.url, timeout=client_timeout_s) as client:
+            yield client
+    finally:
+        gateway.server.stop()
 
 
 @dataclass(frozen=True)

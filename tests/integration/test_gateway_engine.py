@@ -15,8 +15,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import start_gateway
-from tests.integration.conftest import ENGINE_TEST_TIMEOUT_S, RunningEngine
+from tests.integration.conftest import ENGINE_TEST_TIMEOUT_S, RunningEngine, gateway_client
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(ENGINE_TEST_TIMEOUT_S)]
 
@@ -30,16 +29,11 @@ OPTIONS = {"options": ["A", "B"]}
 
 @pytest.fixture(scope="module")
 def gw(engine: RunningEngine, tmp_path_factory) -> Iterator[httpx.Client]:
-    gateway = start_gateway(
-        engine.base_url,
-        tmp_path_factory.mktemp("gw-engine") / "calib.db",
-        upstream_timeout_s=120.0,
-    )
-    try:
-        with httpx.Client(base_url=gateway.url, timeout=180) as client:
-            yield client
-    finally:
-        gateway.server.stop()
+    db = tmp_path_factory.mktemp("gw-engine") / "calib.db"
+    with gateway_client(
+        engine.base_url, db, upstream_timeout_s=120.0, client_timeout_s=180.0
+    ) as client:
+        yield client
 
 
 def _sse(response: httpx.Response) -> list:

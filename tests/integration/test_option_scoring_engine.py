@@ -16,8 +16,7 @@ import httpx
 import pytest
 
 from service.datasets.countries import normalize
-from tests.conftest import start_gateway
-from tests.integration.conftest import ENGINE_TEST_TIMEOUT_S, RunningEngine
+from tests.integration.conftest import ENGINE_TEST_TIMEOUT_S, RunningEngine, gateway_client
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(ENGINE_TEST_TIMEOUT_S)]
 
@@ -42,16 +41,11 @@ QUESTIONS = [
 
 @pytest.fixture(scope="module")
 def gw(engine: RunningEngine, tmp_path_factory) -> Iterator[httpx.Client]:
-    gateway = start_gateway(
-        engine.base_url,
-        tmp_path_factory.mktemp("gw-options") / "calib.db",
-        upstream_timeout_s=120.0,
-    )
-    try:
-        with httpx.Client(base_url=gateway.url, timeout=180) as client:
-            yield client
-    finally:
-        gateway.server.stop()
+    db = tmp_path_factory.mktemp("gw-options") / "calib.db"
+    with gateway_client(
+        engine.base_url, db, upstream_timeout_s=120.0, client_timeout_s=180.0
+    ) as client:
+        yield client
 
 
 def named(text: str, options: list[str]) -> list[str]:

@@ -19,24 +19,16 @@ from PIL import Image
 
 from service.datasets.vision import SIZE, VisionQuestion, build_vision_set
 from service.proxy._perturb import GREY
-from tests.conftest import start_gateway
-from tests.integration.conftest import ENGINE_TEST_TIMEOUT_S, RunningEngine
+from tests.integration.conftest import ENGINE_TEST_TIMEOUT_S, RunningEngine, gateway_client
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(ENGINE_TEST_TIMEOUT_S)]
 
 
 @pytest.fixture(scope="module")
 def gw(vlm_engine: RunningEngine, tmp_path_factory) -> Iterator[httpx.Client]:
-    gateway = start_gateway(
-        vlm_engine.base_url,
-        tmp_path_factory.mktemp("gw-vlm-probe") / "calib.db",
-        upstream_timeout_s=300.0,
-    )
-    try:
-        with httpx.Client(base_url=gateway.url, timeout=300) as client:
-            yield client
-    finally:
-        gateway.server.stop()
+    db = tmp_path_factory.mktemp("gw-vlm-probe") / "calib.db"
+    with gateway_client(vlm_engine.base_url, db) as client:
+        yield client
 
 
 def _uniform(colour: tuple[int, int, int]) -> str:

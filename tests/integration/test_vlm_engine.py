@@ -21,7 +21,7 @@ from PIL import Image
 
 from service.datasets.vision import VisionQuestion, build_vision_set, draw_scene, png_data_url
 from tests.conftest import MAX_BODY_BYTES, start_gateway
-from tests.integration.conftest import ENGINE_TEST_TIMEOUT_S, RunningEngine
+from tests.integration.conftest import ENGINE_TEST_TIMEOUT_S, RunningEngine, gateway_client
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(ENGINE_TEST_TIMEOUT_S)]
 
@@ -30,16 +30,9 @@ TASK = "vision-it"
 
 @pytest.fixture(scope="module")
 def gw(vlm_engine: RunningEngine, tmp_path_factory) -> Iterator[httpx.Client]:
-    gateway = start_gateway(
-        vlm_engine.base_url,
-        tmp_path_factory.mktemp("gw-vlm") / "calib.db",
-        upstream_timeout_s=300.0,
-    )
-    try:
-        with httpx.Client(base_url=gateway.url, timeout=300) as client:
-            yield client
-    finally:
-        gateway.server.stop()
+    db = tmp_path_factory.mktemp("gw-vlm") / "calib.db"
+    with gateway_client(vlm_engine.base_url, db) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
