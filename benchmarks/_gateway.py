@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -21,10 +22,12 @@ __all__ = ["InThreadGateway"]
 
 
 class InThreadGateway:
-    """`with InThreadGateway(settings) as url:` — `url` is the gateway's root (no `/v1`)."""
+    """`with InThreadGateway(settings) as url:` — `url` is the gateway's root, plus `/v1` when
+    `api_root` (an OpenAI base URL)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, api_root: bool = False) -> None:
         self.settings = settings
+        self._suffix = "/v1" if api_root else ""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
@@ -40,7 +43,17 @@ class InThreadGateway:
             if time.monotonic() > deadline or not self.thread.is_alive():
                 raise RuntimeError("the gateway did not start")
             time.sleep(0.02)
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://127.0.0.1:{self.port}{self._suffix}"
+
+    @classmethod
+    def for_engine(
+        cls, engine: str, data_dir: Path, *, api_root: bool = False, **settings: Any
+    ) -> InThreadGateway:
+        """In front of `engine` with a store in `data_dir`: no scheduled refits (the script asks
+        for them), no API keys (loopback only); `settings` add to those."""
+        defaults: dict[str, Any] = {"refit_enabled": False, "insecure": True}
+        config = Settings(upstream=engine, data_dir=data_dir, **(defaults | settings))
+        return cls(config, api_root=api_root)
 
     def __exit__(self, *_: Any) -> None:
         self.server.should_exit = True

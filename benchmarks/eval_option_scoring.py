@@ -41,7 +41,6 @@ import numpy as np
 from benchmarks._gateway import InThreadGateway
 from calibrators import SCORINGS, auroc, expected_calibration_error
 from service.datasets.countries import FEW_SHOT_COUNTRIES, Country, countries, normalize
-from service.settings import Settings
 
 SHOTS = (
     "Q: What is the capital of Germany?\nA: Berlin\n"
@@ -136,17 +135,6 @@ def names(text: str, options: Sequence[str]) -> list[str]:
     return [o for o in options if line == normalize(o) or line.startswith(normalize(o) + " ")]
 
 
-class Gateway(InThreadGateway):
-    """The real gateway app on a loopback port, in a background thread."""
-
-    def __init__(self, engine: str, data_dir: Path) -> None:
-        settings = Settings(upstream=engine, data_dir=data_dir, refit_enabled=False, insecure=True)
-        super().__init__(settings)
-
-    def __enter__(self) -> str:
-        return super().__enter__() + "/v1"
-
-
 async def ask(client: httpx.AsyncClient, model: str, item: Item, scoring: str) -> Result:
     body = {
         "model": model,
@@ -213,7 +201,10 @@ def quality(items: list[Item], results: list[Result]) -> dict[str, float]:
 async def run(engine: str, model: str, n: int, seed: int, listed: bool) -> str:
     items = build_items(n, seed, listed)
     out: dict[str, list[Result]] = {}
-    with tempfile.TemporaryDirectory() as tmp, Gateway(engine, Path(tmp)) as gateway:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        InThreadGateway.for_engine(engine, Path(tmp), api_root=True) as gateway,
+    ):
         async with httpx.AsyncClient(base_url=gateway, timeout=300) as client:
             await ask(client, model, items[0], "likelihood")  # warm the engine and the pool
             for scoring in SCORINGS:

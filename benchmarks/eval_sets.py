@@ -43,25 +43,10 @@ import httpx
 from benchmarks._gateway import InThreadGateway
 from calibrators import Profile, prediction_set
 from clients.demo.questions import DemoItem, demo_items
-from service.settings import Settings
 
 TARGETS = (0.8, 0.9, 0.95)
 ASKED = 0.9  # the target the gateway is asked for; the others reuse its option_probs
 TASK = "mcq-sets"
-
-
-class Gateway(InThreadGateway):
-    """The real gateway app on a loopback port, in a background thread (refits in a thread)."""
-
-    def __init__(self, engine: str, data_dir: Path) -> None:
-        settings = Settings(
-            upstream=engine,
-            data_dir=data_dir,
-            refit_enabled=False,
-            refit_executor="thread",
-            insecure=True,
-        )
-        super().__init__(settings)
 
 
 def mcq_items(seeds: Sequence[int], n: int) -> list[DemoItem]:
@@ -131,14 +116,16 @@ async def run(args: argparse.Namespace) -> str:
     labeled, fresh = items[:cut], items[cut:]
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        gateway = Gateway(args.engine, args.data_dir or Path(tmp))
+        gateway = InThreadGateway.for_engine(
+            args.engine, args.data_dir or Path(tmp), refit_executor="thread"
+        )
         with gateway as url:
             return await _run(args, gateway, url, labeled, fresh, t0)
 
 
 async def _run(
     args: argparse.Namespace,
-    gateway: Gateway,
+    gateway: InThreadGateway,
     url: str,
     labeled: list[DemoItem],
     fresh: list[DemoItem],

@@ -61,7 +61,6 @@ from calibrators import (
 from calibrators.refit import LabeledSet, RefitPolicy, refit_profile
 from service.datasets import build_question_set
 from service.datasets.countries import normalize
-from service.settings import Settings
 
 TASK = "cloze-signals"
 
@@ -98,26 +97,6 @@ class Answer:
     @property
     def raw(self) -> float | None:
         return self.score.raw_confidence
-
-
-class Gateway(InThreadGateway):
-    """The real gateway app on a loopback port, in a background thread."""
-
-    def __init__(self, engine: str, data_dir: Path) -> None:
-        settings = Settings(
-            upstream=engine,
-            data_dir=data_dir,
-            refit_enabled=False,
-            refit_min_labels=30,
-            refit_executor="thread",
-            insecure=True,
-        )
-        self.feature_sets = settings.refit_feature_sets
-        self.holdout_fraction = settings.refit_holdout_fraction
-        super().__init__(settings)
-
-    def __enter__(self) -> str:
-        return super().__enter__() + "/v1"
 
 
 def build_items(seed: int, n: int) -> list[Item]:
@@ -237,7 +216,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cut = int(len(items) * args.train_fraction)
     train_items, held_items = items[:cut], items[cut:]
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp, Gateway(args.engine, Path(tmp)) as url:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        InThreadGateway.for_engine(
+            args.engine, Path(tmp), api_root=True, refit_min_labels=30, refit_executor="thread"
+        ) as url,
+    ):
         train = asyncio.run(ask_all(url, args.model, train_items, args.concurrency))
         feedback = [{"id": a.calibration["id"], "correct": a.correct} for a in train]
         with httpx.Client(base_url=url, timeout=600) as client:
